@@ -1,0 +1,40 @@
+# The two commands that matter: `make run` and `make test`. Both install what
+# they need into .venv first, so a machine with only Python 3.11+ is enough.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench lint install alertmanager clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/incident dev
+
+test: $(STAMP) alertmanager
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check incident tests bench
+
+# The Alertmanager test drives the real binary; Debian packages it.
+alertmanager:
+	@command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || \
+	  { echo "installing prometheus-alertmanager (Debian package)"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,111 @@
+"""Typed settings, read from the environment (prefix ``INCIDENT_``) once per process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class ConfigurationError(RuntimeError):
+    """A setting is missing or inconsistent; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INCIDENT_", extra="ignore")
+
+    database_url: str | None = None
+    broker_url: str | None = None
+    redis_url: str | None = None
+    rules_file: Path | None = None
+
+    webhook_token: SecretStr | None = None
+    webhook_auth: Literal["bearer", "none"] = "bearer"
+    api_token: SecretStr | None = None
+    api_auth: Literal["bearer", "none"] = "bearer"
+    metrics_token: SecretStr | None = None
+
+    slack_bot_token: SecretStr | None = None
+    slack_channel: str | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_events_url: str = "https://events.pagerduty.com"
+
+    log_dir: Path | None = None
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "INFO"
+    backup_dir: Path = Path(".incident/backups")
+    public_url: str = "http://127.0.0.1:8080"
+
+    max_body_bytes: int = Field(default=5 * MiB, gt=0)
+    # Set by `incident dev`: a single-machine trial where missing tokens are allowed.
+    dev_mode: bool = False
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, url: str | None) -> str | None:
+        # Accept the plain libpq spelling operators copy from elsewhere.
+        if url and url.startswith(("postgresql://", "postgres://")):
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+        return url
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigurationError("INCIDENT_DATABASE_URL is not set")
+        return self.database_url
+
+    def require_broker_url(self) -> str:
+        if not self.broker_url:
+            raise ConfigurationError("INCIDENT_BROKER_URL is not set")
+        return self.broker_url
+
+    @property
+    def shared_redis_url(self) -> str:
+        """Redis for shared state: INCIDENT_REDIS_URL, else the broker when that is Redis."""
+        if self.redis_url:
+            return self.redis_url
+        broker = self.require_broker_url()
+        if broker.startswith(("redis://", "rediss://", "unix://")):
+            return broker
+        if broker.startswith("redis+socket://"):
+            return "unix://" + broker.removeprefix("redis+socket://")
+        raise ConfigurationError(
+            "INCIDENT_REDIS_URL is not set and INCIDENT_BROKER_URL is not Redis; "
+            "shared state (locks, breakers, rate limits) needs Redis"
+        )
+
+    def check_receiver_auth(self) -> None:
+        """Refuse to serve unauthenticated unless the operator said so explicitly."""
+        if self.dev_mode:
+            return
+        if self.webhook_auth == "bearer" and self.webhook_token is None:
+            raise ConfigurationError(
+                "INCIDENT_WEBHOOK_TOKEN is not set; set it, or set INCIDENT_WEBHOOK_AUTH=none "
+                "to accept unauthenticated webhooks"
+            )
+        if self.api_auth == "bearer" and self.api_token is None:
+            raise ConfigurationError(
+                "INCIDENT_API_TOKEN is not set; set it, or set INCIDENT_API_AUTH=none "
+                "to serve /api/* without authentication"
+            )
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for scrubbing logs."""
+        secrets = (
+            self.webhook_token,
+            self.api_token,
+            self.metrics_token,
+            self.slack_bot_token,
+            self.pagerduty_routing_key,
+        )
+        return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
