@@ -1,0 +1,240 @@
+"""``incident rules check`` and ``incident rules test``, minus the argument parsing.
+
+Both return the process exit code and write to the streams they are given,
+so the CLI stays a thin door and tests need no subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from incident.alerts.schemas import WebhookPayload
+from incident.rules.durations import format_duration
+from incident.rules.escalation import EscalationPolicy
+from incident.rules.loader import RulesError, format_location, load_rules
+from incident.rules.remediations import (
+    CommandRemediation,
+    HttpRemediation,
+    PythonRemediation,
+    RemediationRule,
+)
+from incident.rules.schemas import Rules
+from incident.rules.severity import Severity
+
+BUILT_IN = "built-in defaults"
+STDIN = "-"
+
+
+class PayloadError(ValueError):
+    """The payload file cannot be read or is not an Alertmanager v4 webhook payload."""
+
+
+def check(path: Path | None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Validate a rules file: 0 with a one-line summary, or 1 with the errors and their lines."""
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        rules = load_rules(path)
+    except RulesError as error:
+        print(error, file=err)
+        return 1
+    print(
+        f"OK: {path if path is not None else BUILT_IN}: "
+        f"{len(rules.severity.rules)} severity rules, {len(rules.remediations)} remediations",
+        file=out,
+    )
+    return 0
+
+
+def explain(
+    rules_path: Path | None,
+    payload_path: Path | str,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    *,
+    as_json: bool = False,
+) -> int:
+    """Show what one Alertmanager payload would get, like ``amtool config routes test``.
+
+    ``payload_path`` may be ``-`` for standard input.
+    """
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        rules = load_rules(rules_path)
+        payload = read_payload(payload_path)
+    except (RulesError, PayloadError) as error:
+        print(error, file=err)
+        return 1
+    verdict = assess(rules, payload)
+    if as_json:
+        print(json.dumps(verdict, indent=2), file=out)
+    else:
+        print(_as_text(verdict), file=out)
+    return 0
+
+
+def read_payload(payload_path: Path | str) -> WebhookPayload:
+    name = str(payload_path)
+    try:
+        if name == STDIN:
+            text = sys.stdin.read()
+        else:
+            text = Path(payload_path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PayloadError(f"{name}: no such payload file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise PayloadError(f"{name}: cannot read: {error}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise PayloadError(
+            f"{name}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}"
+        ) from None
+    try:
+        return WebhookPayload.model_validate(document)
+    except ValidationError as error:
+        problems = "\n".join(
+            f"  {format_location(tuple(detail['loc']))}: {detail['msg']}{_given(detail)}"
+            for detail in error.errors(include_url=False)
+        )
+        raise PayloadError(
+            f"{name}: not an Alertmanager webhook payload (version 4):\n{problems}"
+        ) from None
+
+
+def _given(detail: Any) -> str:
+    value = detail.get("input")
+    if detail["type"] == "missing" or not isinstance(value, str | int | float | bool):
+        return ""
+    return f", got {value!r}"
+
+
+def assess(rules: Rules, payload: WebhookPayload) -> dict[str, Any]:
+    """The title, per-alert severities and what the incident would get, as plain data."""
+    alerts = [
+        {
+            "fingerprint": alert.fingerprint,
+            "status": alert.status,
+            "severity": rules.classify(alert.labels).value,
+            "labels": dict(sorted(alert.labels.items())),
+        }
+        for alert in payload.alerts
+    ]
+    severity = Severity.worst(
+        Severity(alert["severity"]) for alert in alerts if alert["status"] == "firing"
+    )
+    # Remediations run per incident, so they are matched on the group's common
+    # labels, the labels the incident carries.
+    remediations = (
+        [_remediation_data(rule) for rule in rules.matching_remediations(payload.common_labels)]
+        if severity is not None
+        else []
+    )
+    return {
+        "title": group_title(payload),
+        "severity": severity.value if severity is not None else None,
+        "alerts": alerts,
+        "remediations": remediations,
+        "escalation": (
+            _escalation_data(severity, rules.escalation_for(severity))
+            if severity is not None
+            else None
+        ),
+    }
+
+
+def group_title(payload: WebhookPayload) -> str:
+    """``HighErrorRate api``: the alertname, then the other group labels' values."""
+    alertname = payload.group_labels.get("alertname") or payload.common_labels.get("alertname")
+    values = [value for name, value in sorted(payload.group_labels.items()) if name != "alertname"]
+    words = [alertname, *values] if alertname else values
+    return " ".join(words) or payload.group_key
+
+
+def _remediation_data(rule: RemediationRule) -> dict[str, Any]:
+    return {
+        "name": rule.name,
+        "action": rule.action,
+        "target": _action_target(rule),
+        "on_failure": rule.on_failure,
+        "attempts": rule.retry.attempts,
+    }
+
+
+def _action_target(rule: RemediationRule) -> str:
+    if isinstance(rule, HttpRemediation):
+        return f"{rule.with_.method} {rule.with_.url}"
+    if isinstance(rule, CommandRemediation):
+        return shlex.join(rule.with_.argv)
+    if isinstance(rule, PythonRemediation):
+        return rule.with_.function
+    return ""
+
+
+def _escalation_data(severity: Severity, policy: EscalationPolicy) -> dict[str, Any]:
+    return {
+        "severity": severity.value,
+        "pagerduty": policy.pagerduty,
+        "slack": policy.slack_enabled,
+        "slack_channel": policy.slack_channel,
+        "ack_timeout": _duration_text(policy.ack_timeout),
+        "repeat": policy.repeat,
+        "escalate_after": _duration_text(policy.escalate_after),
+        "escalate_to": policy.escalate_to.value if policy.escalate_to else None,
+    }
+
+
+def _duration_text(duration: Any) -> str | None:
+    return format_duration(duration) if duration is not None else None
+
+
+def _as_text(verdict: dict[str, Any]) -> str:
+    lines = [f"Group: {verdict['title']}", f"Alerts ({len(verdict['alerts'])}):"]
+    for alert in verdict["alerts"]:
+        labels = ", ".join(f'{name}="{value}"' for name, value in alert["labels"].items())
+        lines.append(
+            f"  {alert['fingerprint']}  {alert['status']:<8}  {alert['severity']}  {{{labels}}}"
+        )
+    severity = verdict["severity"]
+    if severity is None:
+        lines += [
+            "Incident severity: none: no alert is firing, so no incident opens",
+            "Remediations: none",
+            "Escalation: none",
+        ]
+        return "\n".join(lines)
+
+    firing = sum(alert["status"] == "firing" for alert in verdict["alerts"])
+    lines.append(f"Incident severity: {severity} (worst of {firing} firing)")
+    if verdict["remediations"]:
+        lines.append("Remediations (matched on the group's common labels):")
+        lines += [
+            f"  {each['name']}  {each['action']}  {each['target']}  "
+            f"(attempts {each['attempts']}, on failure: {each['on_failure']})"
+            for each in verdict["remediations"]
+        ]
+    else:
+        lines.append("Remediations: none match the group's common labels")
+    lines.append(f"Escalation for {severity}:")
+    lines += [f"  {line}" for line in _escalation_lines(verdict["escalation"])]
+    return "\n".join(lines)
+
+
+def _escalation_lines(escalation: dict[str, Any]) -> list[str]:
+    slack = "off"
+    if escalation["slack"]:
+        slack = escalation["slack_channel"] or "default channel"
+    lines = [f"pagerduty: {escalation['pagerduty'] or 'off'}", f"slack: {slack}"]
+    if escalation["ack_timeout"]:
+        lines.append(f"ack_timeout: {escalation['ack_timeout']}, repeat: {escalation['repeat']}")
+    if escalation["escalate_to"]:
+        lines.append(
+            f"escalate_after: {escalation['escalate_after']}, "
+            f"escalate_to: {escalation['escalate_to']}"
+        )
+    return lines

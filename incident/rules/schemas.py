@@ -1,0 +1,78 @@
+"""The whole rules file as one immutable model, with the questions asked of it.
+
+Every matcher is compiled while the file is validated, so ``classify``, which
+runs for every alert, only walks tuples of ready predicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from incident.rules.escalation import Escalation, EscalationPolicy
+from incident.rules.maintenance import Maintenance
+from incident.rules.matchers import matches_all
+from incident.rules.remediations import AnyRemediation, RemediationRule, check_unique_names
+from incident.rules.schema_types import MatcherList, StrictModel
+from incident.rules.severity import Severity
+
+
+class SeverityRule(StrictModel):
+    matchers: MatcherList
+    severity: Severity
+
+
+def _default_severity_rules() -> tuple[SeverityRule, ...]:
+    return tuple(
+        SeverityRule.model_validate({"matchers": matchers, "severity": severity})
+        for matchers, severity in (
+            (['severity="critical"', 'env="prod"'], "SEV1"),
+            (['severity="critical"'], "SEV2"),
+            (['severity=~"warning|error"'], "SEV3"),
+            (['severity=~"info|none"'], "SEV4"),
+        )
+    )
+
+
+class SeverityRules(StrictModel):
+    default: Severity = Severity.SEV3
+    # First match wins.
+    rules: tuple[SeverityRule, ...] = Field(default_factory=_default_severity_rules)
+
+
+class Rules(StrictModel):
+    """A validated rules file; sections the file omits take the built-in defaults."""
+
+    severity: SeverityRules = Field(default_factory=SeverityRules)
+    remediations: tuple[AnyRemediation, ...] = ()
+    escalation: Escalation = Field(default_factory=Escalation)
+    maintenance: Maintenance = Field(default_factory=Maintenance)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_section_is_omitted(cls, data: Any) -> Any:
+        # `remediations:` with every entry commented out reads as null.
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_remediation_names(self) -> Rules:
+        check_unique_names(self.remediations)
+        return self
+
+    def classify(self, labels: Mapping[str, str]) -> Severity:
+        """The severity of the first rule whose matchers all match, else the default."""
+        for rule in self.severity.rules:
+            if matches_all(rule.matchers, labels):
+                return rule.severity
+        return self.severity.default
+
+    def matching_remediations(self, labels: Mapping[str, str]) -> list[RemediationRule]:
+        """Every remediation whose matchers all match, in file order."""
+        return [each for each in self.remediations if matches_all(each.matchers, labels)]
+
+    def escalation_for(self, severity: Severity) -> EscalationPolicy:
+        return self.escalation.policy_for(severity)
