@@ -1,0 +1,1 @@
+"""Alertmanager webhook payloads, parsed and normalised (pure functions)."""

@@ -1,0 +1,39 @@
+"""Stable identities for a group and for the content of one notification."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+from incident.alerts.schemas import WebhookPayload
+
+
+def group_hash(receiver: str, group_key: str) -> str:
+    """One Alertmanager group: its receiver and groupKey (a groupKey is unique per route)."""
+    return hashlib.sha256(f"{receiver}\x00{group_key}".encode()).hexdigest()
+
+
+def payload_digest(payload: WebhookPayload) -> str:
+    """What a notification says, ignoring how it was delivered.
+
+    Alertmanager re-sends the whole group every group_interval/repeat_interval and
+    an HA pair sends each notification from every replica: those copies share a
+    digest, so they can be recognised without touching the database.
+    """
+    alerts = sorted(
+        (
+            a.fingerprint,
+            a.status,
+            a.starts_at.isoformat(),
+            a.ends_at.isoformat() if a.ends_at else None,
+            a.labels,
+            a.annotations,
+        )
+        for a in payload.alerts
+    )
+    body = orjson.dumps(
+        [payload.receiver, payload.group_key, payload.status, alerts],
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(body).hexdigest()

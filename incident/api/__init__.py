@@ -1,0 +1,1 @@
+"""The HTTP door: receiver, incidents API, health and metrics (thin; logic lives in the domains)."""

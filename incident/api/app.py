@@ -1,0 +1,55 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from incident import __version__
+from incident.api import health, incidents, webhooks
+from incident.api.errors import error_response
+from incident.config import Settings, get_settings
+from incident.incidents.store import BadCursor, IncidentNotFound, TransitionNotAllowed
+from incident.logging import configure_logging
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.check_receiver_auth()
+    # Again here: uvicorn's --workers processes are spawned and never ran the CLI.
+    configure_logging(settings, process="api")
+    app = FastAPI(
+        title="incident",
+        version=__version__,
+        description="Alertmanager webhooks in, incidents out.",
+    )
+    app.state.settings = settings
+    app.include_router(webhooks.router)
+    app.include_router(incidents.router)
+    app.include_router(health.router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = error_response(exc.status_code, str(exc.detail))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    @app.exception_handler(IncidentNotFound)
+    async def not_found(request: Request, exc: IncidentNotFound) -> JSONResponse:
+        return error_response(404, f"no incident {exc.args[0]}")
+
+    @app.exception_handler(TransitionNotAllowed)
+    async def conflict(request: Request, exc: TransitionNotAllowed) -> JSONResponse:
+        return error_response(409, str(exc))
+
+    @app.exception_handler(BadCursor)
+    async def bad_cursor(request: Request, exc: BadCursor) -> JSONResponse:
+        return error_response(
+            422, str(exc), fields=[{"field": "query.cursor", "message": str(exc)}]
+        )

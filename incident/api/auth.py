@@ -1,0 +1,50 @@
+"""Bearer tokens, compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import HTTPException, Request, status
+from pydantic import SecretStr
+
+from incident.config import Settings
+
+
+class Unauthorized(HTTPException):
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+def _check_bearer(request: Request, token: SecretStr | None, auth_off: bool) -> None:
+    if token is None:
+        if auth_off:
+            return
+        raise Unauthorized("no token is configured for this route")
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        raise Unauthorized("missing bearer token")
+    if not hmac.compare_digest(presented.strip().encode(), token.get_secret_value().encode()):
+        raise Unauthorized("invalid bearer token")
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def require_webhook_token(request: Request) -> None:
+    settings = _settings(request)
+    _check_bearer(
+        request, settings.webhook_token, settings.webhook_auth == "none" or settings.dev_mode
+    )
+
+
+def require_api_token(request: Request) -> None:
+    settings = _settings(request)
+    _check_bearer(request, settings.api_token, settings.api_auth == "none" or settings.dev_mode)
+
+
+def require_metrics_token(request: Request) -> None:
+    _check_bearer(request, _settings(request).metrics_token, auth_off=True)

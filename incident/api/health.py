@@ -1,0 +1,60 @@
+"""Liveness, readiness and metrics: no token needed (metrics optionally)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from incident.api.auth import require_metrics_token
+from incident.db import engine_for
+from incident.worker import app as celery_app
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _database_answers(url: str) -> str | None:
+    try:
+        with engine_for(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+def _broker_answers() -> str | None:
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+            # Redis connects lazily; a PING proves it answers. AMQP has connected by now.
+            client = getattr(conn.default_channel, "client", None)
+            if client is not None:
+                client.ping()
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    settings = request.app.state.settings
+    failures = {}
+    if error := await run_in_threadpool(_database_answers, settings.require_database_url()):
+        failures["database"] = error
+    if error := await run_in_threadpool(_broker_answers):
+        failures["broker"] = error
+    if failures:
+        return JSONResponse({"status": "unavailable", "failed": failures}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics", dependencies=[Depends(require_metrics_token)])
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

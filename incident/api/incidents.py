@@ -1,0 +1,89 @@
+"""GET /api/incidents, GET /api/incidents/{id}, and acknowledge/resolve by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from incident.api.auth import require_api_token
+from incident.api.errors import error_response, validation_fields
+from incident.db import engine_for, session_scope
+from incident.incidents import store
+from incident.incidents.models import TimelineKind
+from incident.incidents.schemas import IncidentOut, IncidentPage, TransitionRequest
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_api_token)])
+
+IncidentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+def db_session(request: Request) -> Iterator[Session]:
+    engine = engine_for(request.app.state.settings.require_database_url())
+    with session_scope(engine) as session:
+        yield session
+
+
+DbSession = Annotated[Session, Depends(db_session)]
+
+
+@router.get("/incidents", response_model=IncidentPage)
+def list_incidents(
+    session: DbSession,
+    status: Literal["triggered", "acknowledged", "resolved"] | None = None,
+    severity: Literal["SEV1", "SEV2", "SEV3", "SEV4"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> IncidentPage:
+    rows, next_cursor = store.list_incidents(
+        session, status=status, severity=severity, limit=limit, cursor=cursor
+    )
+    return IncidentPage(
+        items=[IncidentOut.model_validate(row) for row in rows], next_cursor=next_cursor
+    )
+
+
+@router.get("/incidents/{incident_id}", response_model=IncidentOut)
+def get_incident(incident_id: IncidentId, session: DbSession) -> IncidentOut:
+    return IncidentOut.model_validate(store.get_incident(session, incident_id))
+
+
+async def _transition_request(request: Request) -> TransitionRequest | JSONResponse:
+    body = await request.body()
+    if not body.strip():
+        return TransitionRequest()
+    try:
+        return TransitionRequest.model_validate(orjson.loads(body))
+    except orjson.JSONDecodeError as exc:
+        return error_response(400, f"body is not valid JSON: {exc}")
+    except ValidationError as exc:
+        return error_response(422, "invalid body", fields=validation_fields(exc))
+
+
+def _transition(request: Request, incident_id: int, to: TimelineKind, note: str | None) -> IncidentOut:
+    engine = engine_for(request.app.state.settings.require_database_url())
+    with session_scope(engine) as session:
+        incident = store.transition_by_hand(session, incident_id, to, note=note)
+        return IncidentOut.model_validate(incident)
+
+
+@router.post("/incidents/{incident_id}/acknowledge", response_model=IncidentOut)
+async def acknowledge(incident_id: IncidentId, request: Request) -> IncidentOut | JSONResponse:
+    parsed = await _transition_request(request)
+    if isinstance(parsed, JSONResponse):
+        return parsed
+    return await run_in_threadpool(_transition, request, incident_id, TimelineKind.ACKNOWLEDGED, parsed.note)
+
+
+@router.post("/incidents/{incident_id}/resolve", response_model=IncidentOut)
+async def resolve(incident_id: IncidentId, request: Request) -> IncidentOut | JSONResponse:
+    parsed = await _transition_request(request)
+    if isinstance(parsed, JSONResponse):
+        return parsed
+    return await run_in_threadpool(_transition, request, incident_id, TimelineKind.RESOLVED, parsed.note)

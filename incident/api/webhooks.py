@@ -1,0 +1,99 @@
+"""POST /webhooks/alertmanager: authenticate, bound, parse, validate, enqueue durably."""
+
+from __future__ import annotations
+
+import orjson
+import structlog
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerUnavailable
+from pydantic import ValidationError
+
+from incident.alerts.identity import group_hash
+from incident.alerts.schemas import WebhookPayload
+from incident.api.auth import require_webhook_token
+from incident.api.errors import error_response, validation_fields
+from incident.incidents.tasks import ingest_webhook
+
+log = structlog.get_logger(__name__)
+router = APIRouter()
+
+# Fail over to 503 quickly: Alertmanager retries, and a receiver stuck on a dead
+# broker would only hold its connections open.
+_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+class PayloadTooLarge(Exception):
+    pass
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _enqueue(raw: dict, payload: WebhookPayload) -> None:
+    # Flower and task events show kwargsrepr, never the payload itself.
+    summary = {
+        "group": group_hash(payload.receiver, payload.group_key)[:16],
+        "status": payload.status,
+        "alerts": len(payload.alerts),
+    }
+    ingest_webhook.apply_async(
+        kwargs={"payload": raw},
+        kwargsrepr=repr(summary),
+        retry=True,
+        retry_policy=_PUBLISH_RETRY,
+    )
+
+
+@router.post(
+    "/webhooks/alertmanager",
+    status_code=202,
+    dependencies=[Depends(require_webhook_token)],
+    responses={400: {}, 401: {}, 413: {}, 415: {}, 422: {}, 503: {}},
+)
+async def receive_alertmanager(request: Request) -> JSONResponse:
+    settings = request.app.state.settings
+    if not _is_json(request.headers.get("content-type", "")):
+        return error_response(415, "Content-Type must be application/json")
+    try:
+        body = await _read_bounded(request, settings.max_body_bytes)
+    except PayloadTooLarge:
+        return error_response(413, f"payload larger than {settings.max_body_bytes} bytes")
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return error_response(400, f"body is not valid JSON: {exc}")
+    if not isinstance(raw, dict):
+        return error_response(
+            422, "payload must be a JSON object",
+            fields=[{"field": "", "message": "expected an object"}],
+        )
+    try:
+        payload = WebhookPayload.model_validate(raw)
+    except ValidationError as exc:
+        return error_response(
+            422, "not an Alertmanager version 4 payload", fields=validation_fields(exc)
+        )
+    try:
+        await run_in_threadpool(_enqueue, raw, payload)
+    except (BrokerUnavailable, OSError) as exc:
+        log.error("could not enqueue webhook", error=str(exc))
+        return error_response(503, "could not enqueue durably; retry later")
+    return JSONResponse({"status": "accepted", "alerts": len(payload.alerts)}, status_code=202)

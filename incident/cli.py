@@ -1,0 +1,136 @@
+"""The `incident` command. Imports stay inside each subcommand so `rules check` starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from incident.config import ConfigurationError, get_settings
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from incident.logging import configure_logging, uvicorn_log_config
+
+    settings = get_settings()
+    configure_logging(settings, process="api")
+    settings.require_database_url()
+    settings.require_broker_url()
+    settings.check_receiver_auth()
+    uvicorn.run(
+        "incident.api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=uvicorn_log_config(),
+        proxy_headers=True,
+        server_header=False,
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from incident.logging import configure_logging
+    from incident.worker import app
+    from incident.worker.routes import QUEUES
+
+    configure_logging(get_settings(), process="worker")
+    extra = list(args.celery_args)
+    if not any(a == "-Q" or a.startswith(("--queues", "-Q")) for a in extra):
+        extra = ["--queues", ",".join(QUEUES), *extra]
+    app.worker_main(["worker", *extra])
+    return 0
+
+
+def _beat(args: argparse.Namespace) -> int:
+    from incident.logging import configure_logging
+    from incident.worker import app
+
+    configure_logging(get_settings(), process="beat")
+    app.start(["beat", *args.celery_args])
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from incident.migrate import upgrade
+
+    upgrade(get_settings().require_database_url())
+    print("database is at the latest migration")
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from incident.dev import run_dev
+
+    return run_dev(state_dir=args.state_dir, host=args.host, port=args.port)
+
+
+def _rules_check(args: argparse.Namespace) -> int:
+    from incident.rules import commands
+
+    return commands.check(args.file or get_settings().rules_file)
+
+
+def _rules_test(args: argparse.Namespace) -> int:
+    from incident.rules import commands
+
+    return commands.explain(args.file, args.payload, as_json=args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="incident", description="Alertmanager webhooks in, incidents out."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = sub.add_parser("dev", help="everything on one machine, on embedded PostgreSQL and Redis")
+    dev.add_argument("--state-dir", type=Path, default=Path(".incident"))
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.set_defaults(run=_dev)
+
+    api = sub.add_parser("api", help="the HTTP receiver and API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8080)
+    api.add_argument("--workers", type=int, default=1)
+    api.set_defaults(run=_api)
+
+    for name, run, what in (("worker", _worker, "a Celery worker"), ("beat", _beat, "Celery beat")):
+        p = sub.add_parser(name, help=f"{what}; further arguments go to Celery")
+        p.set_defaults(run=run, passes_through=True)
+
+    sub.add_parser("migrate", help="bring the database to the latest migration").set_defaults(
+        run=_migrate
+    )
+
+    rules = sub.add_parser("rules", help="check or try out a rules file")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
+    check = rules_sub.add_parser("check", help="validate a rules file")
+    check.add_argument("file", nargs="?", type=Path)
+    check.set_defaults(run=_rules_check)
+    test = rules_sub.add_parser("test", help="what one Alertmanager payload would get")
+    test.add_argument("file", type=Path)
+    test.add_argument("payload", type=Path)
+    test.add_argument("--json", action="store_true", help="print JSON instead of text")
+    test.set_defaults(run=_rules_test)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "passes_through", False):
+        # Everything after `incident worker`/`incident beat` belongs to Celery.
+        args.celery_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return args.run(args)
+    except ConfigurationError as exc:
+        print(f"incident: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

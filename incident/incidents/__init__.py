@@ -1,0 +1,1 @@
+"""Incidents: grouping, lifecycle, severity, and the incident store."""

@@ -1,0 +1,314 @@
+"""Turn one Alertmanager notification into incident state.
+
+Everything for a group happens while holding a row lock on its ``alert_groups``
+row, so two workers handed the same notification at the same moment serialise
+there: the second sees the first one's digest and changes nothing. The partial
+unique index on open incidents per group backs that up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session, selectinload
+
+from incident.alerts.identity import group_hash, payload_digest
+from incident.alerts.schemas import Alert as IncomingAlert
+from incident.alerts.schemas import WebhookPayload
+from incident.incidents.models import (
+    Alert,
+    AlertGroup,
+    Incident,
+    IncidentStatus,
+    TimelineEntry,
+    TimelineKind,
+)
+from incident.rules import Rules, Severity
+
+FIRING = "firing"
+RESOLVED = "resolved"
+_TRANSITIONS = (TimelineKind.RESOLVED, TimelineKind.REOPENED)
+
+
+class NotificationIdentity(NamedTuple):
+    group_hash: str
+    digest: str
+
+    @classmethod
+    def of(cls, payload: WebhookPayload) -> NotificationIdentity:
+        return cls(group_hash(payload.receiver, payload.group_key), payload_digest(payload))
+
+
+@dataclass
+class GroupChange:
+    """What applying one notification did; the caller acts on it after commit."""
+
+    group_hash: str
+    digest: str
+    revision: int
+    incident_id: int | None = None
+    events: list[TimelineKind] = field(default_factory=list)
+    duplicate: bool = False
+
+
+def apply_notification(
+    session: Session,
+    payload: WebhookPayload,
+    rules: Rules,
+    *,
+    now: datetime | None = None,
+    identity: NotificationIdentity | None = None,
+) -> GroupChange:
+    now = now or datetime.now(UTC)
+    ghash, digest = identity or NotificationIdentity.of(payload)
+    group = _lock_group(session, ghash, payload)
+    change = GroupChange(group_hash=ghash, digest=digest, revision=group.revision)
+    if group.last_digest == digest:
+        change.duplicate = True
+        return change
+
+    incident = _latest_incident(session, group.id)
+    updater = _IncidentUpdater(session, rules, payload, now, change)
+    if incident is None or incident.status == IncidentStatus.RESOLVED:
+        incident = updater.open_or_reopen(group, incident)
+    else:
+        updater.merge_alerts(incident)
+    if incident is not None:
+        updater.settle_state(incident)
+        change.incident_id = incident.id
+
+    group.last_digest = digest
+    group.revision += 1
+    change.revision = group.revision
+    return change
+
+
+def _lock_group(session: Session, ghash: str, payload: WebhookPayload) -> AlertGroup:
+    lock = select(AlertGroup).where(AlertGroup.group_hash == ghash).with_for_update()
+    group = session.scalars(lock).one_or_none()
+    if group is None:
+        # Insert-if-absent then lock: concurrent first deliveries both end up
+        # waiting on the same row instead of racing a read-then-write.
+        session.execute(
+            insert(AlertGroup)
+            .values(group_hash=ghash, receiver=payload.receiver, group_key=payload.group_key)
+            .on_conflict_do_nothing(index_elements=[AlertGroup.group_hash])
+        )
+        group = session.scalars(lock).one()
+    return group
+
+
+def _latest_incident(session: Session, group_id: int) -> Incident | None:
+    return session.scalars(
+        select(Incident)
+        .where(Incident.group_id == group_id)
+        .order_by(Incident.id.desc())
+        .limit(1)
+        .options(selectinload(Incident.alerts))
+        .with_for_update(of=Incident)
+    ).one_or_none()
+
+
+def incident_title(payload: WebhookPayload) -> str:
+    """The group's alertname followed by its other group labels' values."""
+    first = payload.alerts[0].labels
+    alertname = (
+        payload.group_labels.get("alertname")
+        or payload.common_labels.get("alertname")
+        or first.get("alertname")
+        or payload.receiver
+    )
+    rest = [v for k, v in sorted(payload.group_labels.items()) if k != "alertname" and v]
+    return " ".join([alertname, *rest])
+
+
+def incident_summary(payload: WebhookPayload) -> str | None:
+    summary = payload.common_annotations.get("summary")
+    if summary is None:
+        summary = next((a.annotations["summary"] for a in payload.alerts if "summary" in a.annotations), None)
+    return summary
+
+
+def _is_stale(stored: Alert, incoming: IncomingAlert) -> bool:
+    """An older episode, or a lagging replica repeating news we already have.
+
+    Prometheus gives an alert that fires again a new startsAt, so a firing copy
+    with the startsAt of an alert we already saw resolve is old news.
+    """
+    if incoming.starts_at < stored.starts_at:
+        return True
+    return (
+        incoming.firing
+        and stored.status == RESOLVED
+        and incoming.starts_at == stored.starts_at
+    )
+
+
+def _fires_again(stored: Alert | None, incoming: IncomingAlert) -> bool:
+    """A firing alert that is news: unseen, or a new episode of one that resolved.
+
+    An alert still stored as firing (an incident resolved by hand while its
+    alerts fire) does not reopen anything when Alertmanager repeats it.
+    """
+    if not incoming.firing:
+        return False
+    if stored is None:
+        return True
+    return stored.status == RESOLVED and not _is_stale(stored, incoming)
+
+
+class _IncidentUpdater:
+    def __init__(
+        self,
+        session: Session,
+        rules: Rules,
+        payload: WebhookPayload,
+        now: datetime,
+        change: GroupChange,
+    ) -> None:
+        self.session = session
+        self.rules = rules
+        self.payload = payload
+        self.now = now
+        self.change = change
+        # Announced by settle_state, and only if the incident stays open: when the
+        # last alert resolves, "resolved" says it all.
+        self.resolved_alerts: list[str] = []
+
+    def record(self, incident: Incident, kind: TimelineKind, **detail: Any) -> None:
+        # By id, not relationship: appending to incident.timeline would load it whole.
+        self.session.add(
+            TimelineEntry(incident_id=incident.id, at=self.now, kind=kind, detail=detail)
+        )
+        if kind not in self.change.events:
+            self.change.events.append(kind)
+
+    def open_or_reopen(self, group: AlertGroup, last: Incident | None) -> Incident | None:
+        stored = {a.fingerprint: a for a in last.alerts} if last else {}
+        if not any(_fires_again(stored.get(a.fingerprint), a) for a in self.payload.alerts):
+            # Late or repeated news about a closed incident (or a resolution for a
+            # group we never saw open): keep the alert states, open nothing.
+            if last is not None:
+                self.merge_alerts(last)
+            return last
+        window = self.rules.maintenance.reopen_window
+        if last is not None and last.resolved_at and self.now - last.resolved_at <= window:
+            self._refresh_header(last)
+            last.status = IncidentStatus.TRIGGERED
+            last.resolved_at = None
+            last.acknowledged_at = None
+            last.severity = self._worst_incoming()
+            self.merge_alerts(last, announce=False)
+            self.record(last, TimelineKind.REOPENED, severity=last.severity)
+            return last
+        return self._open(group)
+
+    def _open(self, group: AlertGroup) -> Incident:
+        group.incident_count += 1
+        incident = Incident(
+            key=f"{group.group_hash[:24]}-{group.incident_count}",
+            group_id=group.id,
+            severity=self._worst_incoming(),
+            status=IncidentStatus.TRIGGERED,
+            receiver=self.payload.receiver,
+            created_at=self.now,
+            alerts=[],
+        )
+        self._refresh_header(incident)
+        self.session.add(incident)
+        self.merge_alerts(incident, announce=False)
+        self.session.flush()
+        firing = sum(1 for a in incident.alerts if a.status == FIRING)
+        self.record(incident, TimelineKind.OPENED, severity=incident.severity, alerts=firing)
+        return incident
+
+    def _refresh_header(self, incident: Incident) -> None:
+        incident.title = incident_title(self.payload)
+        incident.summary = incident_summary(self.payload)
+        incident.labels = dict(self.payload.common_labels)
+        incident.group_labels = dict(self.payload.group_labels)
+        incident.external_url = self.payload.external_url
+        incident.updated_at = self.now
+
+    def _worst_incoming(self) -> Severity:
+        firing = [self.rules.classify(a.labels) for a in self.payload.alerts if a.firing]
+        return Severity.worst(firing) or self.rules.classify(self.payload.common_labels)
+
+    def merge_alerts(self, incident: Incident, *, announce: bool = True) -> None:
+        stored = {a.fingerprint: a for a in incident.alerts}
+        for incoming in self.payload.alerts:
+            alert = stored.get(incoming.fingerprint)
+            if alert is None:
+                alert = Alert(fingerprint=incoming.fingerprint, starts_at=incoming.starts_at)
+                incident.alerts.append(alert)
+                stored[incoming.fingerprint] = alert
+                was_firing = False
+            elif _is_stale(alert, incoming):
+                continue
+            else:
+                was_firing = alert.status == FIRING
+            alert.status = incoming.status
+            alert.severity = self.rules.classify(incoming.labels)
+            alert.labels = dict(incoming.labels)
+            alert.annotations = dict(incoming.annotations)
+            alert.starts_at = incoming.starts_at
+            alert.ends_at = incoming.ends_at
+            alert.generator_url = incoming.generator_url
+            if not announce:
+                continue
+            if incoming.firing and not was_firing:
+                self.record(
+                    incident, TimelineKind.ALERT_ADDED,
+                    fingerprint=incoming.fingerprint, severity=alert.severity,
+                )
+            elif not incoming.firing and was_firing:
+                self.resolved_alerts.append(incoming.fingerprint)
+        incident.updated_at = self.now
+        if announce and incident.status != IncidentStatus.RESOLVED:
+            self._refresh_header(incident)
+
+    def settle_state(self, incident: Incident) -> None:
+        """Raise severity, resolve, and track flapping from the merged alerts."""
+        firing = [Severity(a.severity) for a in incident.alerts if a.status == FIRING]
+        if incident.status != IncidentStatus.RESOLVED:
+            worst = Severity.worst(firing)
+            if worst is not None and worst.is_worse_than(Severity(incident.severity)):
+                self.record(
+                    incident, TimelineKind.SEVERITY_CHANGED,
+                    **{"from": incident.severity, "to": worst.value},
+                )
+                incident.severity = worst
+            if not firing:
+                incident.status = IncidentStatus.RESOLVED
+                incident.resolved_at = self.now
+                self.record(incident, TimelineKind.RESOLVED, by="alertmanager")
+            else:
+                for fingerprint in self.resolved_alerts:
+                    self.record(incident, TimelineKind.ALERT_RESOLVED, fingerprint=fingerprint)
+        self._track_flapping(incident)
+
+    def _track_flapping(self, incident: Incident) -> None:
+        flapping = self.rules.maintenance.flapping
+        transitioned = any(kind in _TRANSITIONS for kind in self.change.events)
+        if not transitioned and not incident.flapping:
+            return
+        self.session.flush()
+        recent = self.session.scalar(
+            select(func.count())
+            .select_from(TimelineEntry)
+            .where(
+                TimelineEntry.incident_id == incident.id,
+                TimelineEntry.kind.in_([k.value for k in _TRANSITIONS]),
+                TimelineEntry.at > self.now - flapping.within,
+            )
+        ) or 0
+        if not incident.flapping and recent >= flapping.transitions:
+            incident.flapping = True
+            self.record(incident, TimelineKind.FLAPPING, transitions=recent, within=str(flapping.within))
+        elif incident.flapping and recent == 0:
+            incident.flapping = False
+            self.record(incident, TimelineKind.SETTLED)

@@ -1,0 +1,40 @@
+"""One webhook, from the queue to committed incident state."""
+
+from __future__ import annotations
+
+import structlog
+from pydantic import ValidationError
+
+from incident.alerts.schemas import WebhookPayload
+from incident.db import session_scope
+from incident.incidents.digests import DigestCache
+from incident.incidents.grouping import GroupChange, NotificationIdentity, apply_notification
+from incident.rules import Rules
+
+log = structlog.get_logger(__name__)
+
+
+def ingest_payload(raw: dict, *, rules: Rules, digests: DigestCache) -> GroupChange | None:
+    """Apply one notification. None when it was a repeat the cache recognised."""
+    try:
+        payload = WebhookPayload.model_validate(raw)
+    except ValidationError as exc:
+        # The receiver validated it; only a hand-made message gets here. Retrying
+        # cannot help, so say why and drop it.
+        log.error("dropping invalid payload", errors=exc.errors(include_input=False))
+        return None
+    identity = NotificationIdentity.of(payload)
+    structlog.contextvars.bind_contextvars(group=identity.group_hash[:16])
+    if digests.is_current(identity.group_hash, identity.digest):
+        log.debug("repeat notification, nothing to do")
+        return None
+    with session_scope() as session:
+        change = apply_notification(session, payload, rules, identity=identity)
+    digests.remember(change.group_hash, change.revision, change.digest)
+    if change.events:
+        log.info(
+            "incident updated",
+            incident_id=change.incident_id,
+            events=[e.value for e in change.events],
+        )
+    return change

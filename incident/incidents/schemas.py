@@ -1,0 +1,73 @@
+"""The incident as the API shows it (INTERFACE's shape)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class AlertOut(_Out):
+    fingerprint: str
+    status: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: datetime
+    ends_at: datetime | None
+
+
+class TimelineEntryOut(_Out):
+    at: datetime
+    kind: str
+    detail: dict[str, Any]
+
+
+class RemediationOut(_Out):
+    name: str
+    status: str
+    attempts: int
+    last_error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class NotificationOut(_Out):
+    channel: str
+    action: str
+    status: str
+    external_id: str | None
+    at: datetime
+
+
+class IncidentOut(_Out):
+    id: int
+    key: str
+    title: str
+    summary: str | None
+    severity: str
+    status: str
+    flapping: bool
+    created_at: datetime
+    acknowledged_at: datetime | None
+    resolved_at: datetime | None
+    labels: dict[str, str]
+    alerts: list[AlertOut]
+    timeline: list[TimelineEntryOut]
+    remediations: list[RemediationOut] = Field(default_factory=list)
+    notifications: list[NotificationOut] = Field(default_factory=list)
+
+
+class IncidentPage(BaseModel):
+    items: list[IncidentOut]
+    next_cursor: str | None
+
+
+class TransitionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(default=None, max_length=10_000)

@@ -1,0 +1,50 @@
+"""Celery app and its configuration, built from settings when first needed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from incident.config import Settings, get_settings
+from incident.logging import install_celery_logging
+from incident.worker.routes import INGEST, TASK_ROUTES, task_queues
+
+# Longer than any task may run (the longest hard time limit is a backup), so
+# Redis never hands a message that is still being worked on to a second worker.
+VISIBILITY_TIMEOUT = 4 * 3600
+
+TASK_MODULES = ["incident.incidents.tasks"]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.require_broker_url(),
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 3,
+        "broker_transport_options": {
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            "socket_connect_timeout": 3,
+            "socket_timeout": 10,
+        },
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": INGEST,
+        "task_queues": task_queues(),
+        "task_routes": TASK_ROUTES,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+
+
+app = Celery("incident", include=TASK_MODULES)
+app.add_defaults(lambda: celery_config(get_settings()))
+install_celery_logging(app)

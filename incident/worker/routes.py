@@ -1,0 +1,25 @@
+"""Every task's queue, in one map. A task without a route is a test failure.
+
+Separate queues keep a slow remediation or a notification storm from delaying
+ingestion or paging: each can be given its own workers.
+"""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+INGEST = "ingest"
+PAGE = "page"
+NOTIFY = "notify"
+REMEDIATE = "remediate"
+MAINTENANCE = "maintenance"
+
+QUEUES = (INGEST, PAGE, NOTIFY, REMEDIATE, MAINTENANCE)
+
+TASK_ROUTES: dict[str, dict[str, str]] = {
+    "incident.incidents.ingest_webhook": {"queue": INGEST},
+}
+
+
+def task_queues() -> list[Queue]:
+    return [Queue(name, routing_key=name) for name in QUEUES]

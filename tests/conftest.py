@@ -1,0 +1,245 @@
+"""Real PostgreSQL and Redis for the whole run: the ones named by
+INCIDENT_TEST_DATABASE_URL / INCIDENT_TEST_REDIS_URL, else embedded ones."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from incident.config import Settings, get_settings
+from incident.db import engine_for
+from incident.embedded import EmbeddedPostgres, EmbeddedRedis
+from incident.migrate import upgrade
+
+WEBHOOK_TOKEN = "test-webhook-token-5f1c"
+API_TOKEN = "test-api-token-9b7e"
+TABLES = ("timeline_entries", "alerts", "incidents", "alert_groups")
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_database(server_url: str, name: str) -> str:
+    with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def services_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: as root, PostgreSQL runs as another user, and
+    # pytest keeps its own folder at mode 0700 (resetting it on every run).
+    path = Path(tempfile.mkdtemp(prefix="incident-test-services-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(services_dir: Path) -> Iterator[str]:
+    """A server URL whose database we may create others from."""
+    given = os.environ.get("INCIDENT_TEST_DATABASE_URL")
+    if given:
+        yield Settings(database_url=given).database_url
+        return
+    server = EmbeddedPostgres(services_dir / "postgres")
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A database of its own for this run, migrated to head."""
+    name = f"incident_test_{uuid.uuid4().hex[:8]}"
+    url = create_database(postgres_server_url, name)
+    upgrade(url)
+    yield url
+    engine_for(url).dispose()
+    drop_database(postgres_server_url, name)
+
+
+@pytest.fixture(scope="session")
+def redis_url(services_dir: Path) -> Iterator[str]:
+    given = os.environ.get("INCIDENT_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    server = EmbeddedRedis(services_dir / "redis")
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def incident_environment(database_url: str, redis_url: str) -> Iterator[dict[str, str]]:
+    """The environment every process of the run sees, worker subprocesses included."""
+    env = {
+        "INCIDENT_DATABASE_URL": database_url,
+        "INCIDENT_BROKER_URL": redis_url,
+        "INCIDENT_REDIS_URL": redis_url,
+        "INCIDENT_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+        "INCIDENT_API_TOKEN": API_TOKEN,
+        "INCIDENT_LOG_FORMAT": "json",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def redis_client(redis_url: str, incident_environment: dict[str, str]) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def clean_state(database_url: str, redis_client: redis.Redis) -> None:
+    """Empty tables and Redis, for tests whose effects outlive a transaction."""
+    with engine_for(database_url).begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    redis_client.flushdb()
+
+
+def wait_for(predicate, *, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    """`incident worker` as a real subprocess, as operators run it.
+
+    Module-scoped: tests that inspect the queue itself run where no worker drains it.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "incident", "worker",
+                "--concurrency", str(concurrency), "--pool", "prefork",
+                "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
+                "--without-mingle", "--loglevel", "INFO",
+            ],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        wait_for(
+            lambda: self.proc.poll() is not None or b"ready." in self.log_path.read_bytes(),
+            timeout=timeout, what="worker ready",
+        )
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def worker(
+    incident_environment: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    # Messages left by tests that inspect the queue would otherwise be consumed
+    # here, racing the per-test cleanup.
+    redis.Redis.from_url(incident_environment["INCIDENT_BROKER_URL"]).flushdb()
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    process = WorkerProcess(incident_environment, log_path)
+    process.wait_ready()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def db_session(database_url: str, incident_environment: dict[str, str]) -> Iterator[Session]:
+    """A session inside a transaction that is rolled back afterwards."""
+    connection = engine_for(database_url).connect()
+    outer = connection.begin()
+    session = Session(bind=connection, join_transaction_mode="create_savepoint")
+    yield session
+    session.close()
+    outer.rollback()
+    connection.close()
+
+
+class ApiProcess:
+    """`incident api` as a real subprocess on a free port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        from incident.embedded import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "incident", "api", "--port", str(self.port)],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        import httpx
+
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"api exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, timeout=timeout, what="api /healthz")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+        self._log.close()
