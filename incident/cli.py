@@ -37,7 +37,10 @@ def _worker(args: argparse.Namespace) -> int:
     from incident.worker import app
     from incident.worker.routes import QUEUES
 
-    configure_logging(get_settings(), process="worker")
+    settings = get_settings()
+    configure_logging(settings, process="worker")
+    settings.require_broker_url()
+    settings.require_database_url()
     extra = list(args.celery_args)
     if not any(a == "-Q" or a.startswith(("--queues", "-Q")) for a in extra):
         extra = ["--queues", ",".join(QUEUES), *extra]
@@ -49,7 +52,9 @@ def _beat(args: argparse.Namespace) -> int:
     from incident.logging import configure_logging
     from incident.worker import app
 
-    configure_logging(get_settings(), process="beat")
+    settings = get_settings()
+    configure_logging(settings, process="beat")
+    settings.require_broker_url()
     app.start(["beat", *args.celery_args])
     return 0
 
@@ -80,6 +85,28 @@ def _rules_test(args: argparse.Namespace) -> int:
     return commands.explain(args.file, args.payload, as_json=args.json)
 
 
+def _dead_letters(args: argparse.Namespace) -> int:
+    from incident.incidents import deadletters
+    from incident.incidents.tasks import ingest_webhook
+    from incident.sharedstate import get_redis
+
+    client = get_redis()
+    if args.action == "list":
+        for record in deadletters.parked(client):
+            print(f"{record['task_id']}  {record['error']}")
+        return 0
+    replayed = 0
+    while (record := deadletters.take_oldest(client)) is not None:
+        try:
+            ingest_webhook.apply_async(kwargs={"payload": record["payload"]}, kwargsrepr="{'replay': True}")
+        except Exception:
+            deadletters.park(client, record["payload"], task_id=record["task_id"], error=record["error"])
+            raise
+        replayed += 1
+    print(f"replayed {replayed} parked payload(s) into the ingest queue")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="incident", description="Alertmanager webhooks in, incidents out."
@@ -105,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="bring the database to the latest migration").set_defaults(
         run=_migrate
     )
+
+    dead = sub.add_parser(
+        "dead-letters", help="payloads the worker gave up on after every retry"
+    )
+    dead.add_argument("action", choices=["list", "replay"])
+    dead.set_defaults(run=_dead_letters)
 
     rules = sub.add_parser("rules", help="check or try out a rules file")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")

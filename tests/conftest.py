@@ -100,6 +100,14 @@ def incident_environment(database_url: str, redis_url: str) -> Iterator[dict[str
         "INCIDENT_API_TOKEN": API_TOKEN,
         "INCIDENT_LOG_FORMAT": "json",
     }
+    from incident.worker import app as celery_app
+
+    # Celery reads its configuration once. Read before this point, it would hold
+    # no broker URL and fall back to amqp://localhost without a word.
+    assert not celery_app.configured, (
+        "Celery's configuration was loaded before the test environment was set "
+        "(a task proxy evaluated at import or collection time?)"
+    )
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     get_settings.cache_clear()

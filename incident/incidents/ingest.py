@@ -24,17 +24,17 @@ def ingest_payload(raw: dict, *, rules: Rules, digests: DigestCache) -> GroupCha
         log.error("dropping invalid payload", errors=exc.errors(include_input=False))
         return None
     identity = NotificationIdentity.of(payload)
-    structlog.contextvars.bind_contextvars(group=identity.group_hash[:16])
+    structlog.contextvars.bind_contextvars(
+        receiver=payload.receiver, group_key=payload.group_key, group=identity.group_hash[:16]
+    )
     if digests.is_current(identity.group_hash, identity.digest):
         log.debug("repeat notification, nothing to do")
         return None
     with session_scope() as session:
         change = apply_notification(session, payload, rules, identity=identity)
     digests.remember(change.group_hash, change.revision, change.digest)
+    if change.incident_id is not None:
+        structlog.contextvars.bind_contextvars(incident_id=change.incident_id)
     if change.events:
-        log.info(
-            "incident updated",
-            incident_id=change.incident_id,
-            events=[e.value for e in change.events],
-        )
+        log.info("incident updated", events=[e.value for e in change.events])
     return change

@@ -5,14 +5,18 @@ from __future__ import annotations
 from functools import lru_cache
 
 import redis
+import structlog
 from sqlalchemy.exc import OperationalError
 
 from incident.config import get_settings
+from incident.incidents import deadletters
 from incident.incidents.digests import DigestCache
 from incident.incidents.ingest import ingest_payload
 from incident.rules import Rules, load_rules
 from incident.sharedstate import get_redis
 from incident.worker import app
+
+log = structlog.get_logger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -25,15 +29,23 @@ def digest_cache() -> DigestCache:
     return DigestCache(get_redis())
 
 
+def _park_after_last_retry(task, exc, task_id, args, kwargs, einfo) -> None:
+    """Celery's on_failure: the retries are spent, so keep the payload for replay."""
+    log.error("ingest failed after every retry; payload parked", error=str(exc))
+    deadletters.park(get_redis(), kwargs.get("payload"), task_id=task_id, error=repr(exc))
+
+
 @app.task(
     name="incident.incidents.ingest_webhook",
-    # Only what passes: the database or Redis being briefly away. About ten
-    # minutes of outage is ridden out before the message is given up.
+    # Only what passes: the database or Redis being briefly away. With full
+    # jitter, about half an hour of outage is ridden out; then the payload is
+    # parked, never dropped.
     autoretry_for=(OperationalError, redis.ConnectionError, redis.TimeoutError),
     retry_backoff=1,
-    retry_backoff_max=30,
+    retry_backoff_max=60,
     retry_jitter=True,
-    max_retries=30,
+    max_retries=60,
+    on_failure=_park_after_last_retry,
     soft_time_limit=60,
     time_limit=90,
 )

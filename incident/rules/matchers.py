@@ -195,7 +195,4 @@ def parse_matcher(text: str) -> Matcher:
 
 def matches_all(matchers: tuple[Matcher, ...], labels: Mapping[str, str]) -> bool:
     """True when every matcher accepts the labels (an empty tuple accepts all)."""
-    for matcher in matchers:
-        if not matcher._test(labels.get(matcher.name, "")):
-            return False
-    return True
+    return all(matcher._test(labels.get(matcher.name, "")) for matcher in matchers)

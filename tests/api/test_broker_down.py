@@ -37,11 +37,12 @@ def test_the_receiver_answers_503_while_the_broker_is_down(
     api = ApiProcess(env, tmp_path / "api.log")
     try:
         api.wait_ready()
-        post = lambda n: httpx.post(
-            f"{api.url}/webhooks/alertmanager",
-            content=orjson.dumps(payload(alert(instance=str(n)))),
-            headers=HEADERS, timeout=15,
-        )
+        def post(n):
+            return httpx.post(
+                    f"{api.url}/webhooks/alertmanager",
+                    content=orjson.dumps(payload(alert(instance=str(n)))),
+                    headers=HEADERS, timeout=15,
+                )
         assert post(1).status_code == 202
 
         own_broker.stop()

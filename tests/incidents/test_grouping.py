@@ -159,7 +159,7 @@ def deliver_twice_at_once(engine, body: WebhookPayload) -> list[BaseException]:
             barrier.wait()
             with session_scope(engine) as session:
                 apply_notification(session, body, RULES, now=T0)
-        except BaseException as exc:  # noqa: BLE001 - returned to the test
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=deliver) for _ in range(2)]
