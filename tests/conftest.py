@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,45 +145,78 @@ def wait_for(predicate, *, timeout: float = 20.0, interval: float = 0.05, what: 
         time.sleep(interval)
 
 
-class WorkerProcess:
+class ChildProcess:
+    """A process the tests start, in its own process group, logging to a file."""
+
+    name = "process"
+
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited: {self.log()[-3000:]}")
+
+    def wait_http_ok(self, url: str, *, timeout: float = 30.0) -> None:
+        import httpx
+
+        def answers() -> bool:
+            self.check_alive()
+            try:
+                return httpx.get(url, timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(answers, timeout=timeout, what=f"{self.name} {url}")
+
+    def stop(self, grace: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+class WorkerProcess(ChildProcess):
     """`incident worker` as a real subprocess, as operators run it.
 
     Module-scoped: tests that inspect the queue itself run where no worker drains it.
     """
 
+    name = "worker"
+
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
+        super().__init__(
             [
                 sys.executable, "-m", "incident", "worker",
                 "--concurrency", str(concurrency), "--pool", "prefork",
                 "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
                 "--without-mingle", "--loglevel", "INFO",
             ],
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            log_path,
+            env,
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        wait_for(
-            lambda: self.proc.poll() is not None or b"ready." in self.log_path.read_bytes(),
-            timeout=timeout, what="worker ready",
-        )
-        if self.proc.poll() is not None:
-            raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+        def ready() -> bool:
+            self.check_alive()
+            return "ready." in self.log()
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
-        self._log.close()
+        wait_for(ready, timeout=timeout, what="worker ready")
 
 
 @pytest.fixture(scope="module")
@@ -211,43 +245,19 @@ def db_session(database_url: str, incident_environment: dict[str, str]) -> Itera
     connection.close()
 
 
-class ApiProcess:
+class ApiProcess(ChildProcess):
     """`incident api` as a real subprocess on a free port."""
+
+    name = "api"
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         from incident.embedded import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "incident", "api", "--port", str(self.port)],
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            [sys.executable, "-m", "incident", "api", "--port", str(self.port)], log_path, env
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        import httpx
-
-        def healthy() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"api exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(healthy, timeout=timeout, what="api /healthz")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
-        self._log.close()
+        self.wait_http_ok(f"{self.url}/healthz", timeout=timeout)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ from sqlalchemy.orm import selectinload
 from incident.db import session_scope
 from incident.embedded import free_port
 from incident.incidents.models import Incident
-from tests.conftest import WEBHOOK_TOKEN, ApiProcess, wait_for
+from tests.conftest import WEBHOOK_TOKEN, ApiProcess, ChildProcess, wait_for
 
 pytestmark = [
     pytest.mark.alertmanager,
@@ -82,17 +81,17 @@ def alertmanager_config(webhook_url: str) -> dict[str, Any]:
     }
 
 
-class AlertmanagerProcess:
+class AlertmanagerProcess(ChildProcess):
     """One Alertmanager, clustering off, its state in a directory of its own."""
+
+    name = "alertmanager"
 
     def __init__(self, binary: str, workdir: Path, webhook_url: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = workdir / "alertmanager.yml"
         config.write_text(yaml.safe_dump(alertmanager_config(webhook_url)))
-        self.log_path = workdir / "alertmanager.log"
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        super().__init__(
             [
                 binary,
                 f"--config.file={config}",
@@ -101,13 +100,8 @@ class AlertmanagerProcess:
                 "--cluster.listen-address=",
                 "--log.level=debug",
             ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            workdir / "alertmanager.log",
         )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def problems(self) -> str:
         """Its warnings and errors (a refused webhook, say), else the end of its log."""
@@ -118,29 +112,14 @@ class AlertmanagerProcess:
         return "\n".join(lines[-10:]) if lines else self.log()[-3000:]
 
     def wait_ready(self) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"alertmanager exited: {self.log()[-3000:]}")
-            try:
-                return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout=WAIT, what="alertmanager /-/ready")
+        self.wait_http_ok(f"{self.url}/-/ready", timeout=WAIT)
 
     def post_alerts(self, *alerts: dict[str, Any]) -> None:
         response = httpx.post(f"{self.url}/api/v2/alerts", json=list(alerts), timeout=5)
         assert response.status_code == 200, response.text
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        super().stop(grace=10)
 
 
 @pytest.fixture

@@ -73,17 +73,18 @@ def _transition(request: Request, incident_id: int, to: TimelineKind, note: str 
         return IncidentOut.model_validate(incident)
 
 
-@router.post("/incidents/{incident_id}/acknowledge", response_model=IncidentOut)
-async def acknowledge(incident_id: IncidentId, request: Request) -> IncidentOut | JSONResponse:
+async def _by_hand(request: Request, incident_id: int, to: TimelineKind) -> IncidentOut | JSONResponse:
     parsed = await _transition_request(request)
     if isinstance(parsed, JSONResponse):
         return parsed
-    return await run_in_threadpool(_transition, request, incident_id, TimelineKind.ACKNOWLEDGED, parsed.note)
+    return await run_in_threadpool(_transition, request, incident_id, to, parsed.note)
+
+
+@router.post("/incidents/{incident_id}/acknowledge", response_model=IncidentOut)
+async def acknowledge(incident_id: IncidentId, request: Request) -> IncidentOut | JSONResponse:
+    return await _by_hand(request, incident_id, TimelineKind.ACKNOWLEDGED)
 
 
 @router.post("/incidents/{incident_id}/resolve", response_model=IncidentOut)
 async def resolve(incident_id: IncidentId, request: Request) -> IncidentOut | JSONResponse:
-    parsed = await _transition_request(request)
-    if isinstance(parsed, JSONResponse):
-        return parsed
-    return await run_in_threadpool(_transition, request, incident_id, TimelineKind.RESOLVED, parsed.note)
+    return await _by_hand(request, incident_id, TimelineKind.RESOLVED)
