@@ -234,8 +234,8 @@ def worker(
 
 
 @pytest.fixture
-def db_session(database_url: str, incident_environment: dict[str, str]) -> Iterator[Session]:
-    """A session inside a transaction that is rolled back afterwards."""
+def db_session(database_url: str, clean_state: None) -> Iterator[Session]:
+    """A session on empty tables, inside a transaction that is rolled back afterwards."""
     connection = engine_for(database_url).connect()
     outer = connection.begin()
     session = Session(bind=connection, join_transaction_mode="create_savepoint")

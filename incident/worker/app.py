@@ -9,6 +9,7 @@ from celery import Celery
 from incident.config import Settings, get_settings
 from incident.logging import install_celery_logging
 from incident.worker.routes import INGEST, TASK_ROUTES, task_queues
+from incident.worker.transport import TRANSPORT as REDIS_TRANSPORT
 
 # Longer than any task may run (the longest hard time limit is a backup), so
 # Redis never hands a message that is still being worked on to a second worker.
@@ -18,8 +19,10 @@ TASK_MODULES = ["incident.incidents.tasks"]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    broker_url = settings.require_broker_url()
     return {
-        "broker_url": settings.require_broker_url(),
+        "broker_url": broker_url,
+        "broker_transport": _transport_for(broker_url),
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 3,
         "broker_transport_options": {
@@ -37,12 +40,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": INGEST,
         "task_queues": task_queues(),
         "task_routes": TASK_ROUTES,
-        "task_send_sent_event": True,
+        # Workers report received/started/succeeded to Flower; a "sent" event
+        # from the receiver would double the cost of every webhook's publish.
+        "task_send_sent_event": False,
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
         "timezone": "UTC",
     }
+
+
+def _transport_for(broker_url: str) -> str | None:
+    if broker_url.split("://", 1)[0] in ("redis", "rediss"):
+        return REDIS_TRANSPORT
+    return None  # the URL's own scheme decides (amqp://, …)
 
 
 app = Celery("incident", include=TASK_MODULES)
