@@ -1,0 +1,73 @@
+"""The doors to Slack and PagerDuty: the only package that imports a vendor SDK.
+
+Callers depend on the ``SlackPoster`` and ``Pager`` Protocols and get their
+implementations here, from settings:
+
+- ``build_slack(settings)``: a ``SlackNotifier``, or None when
+  ``INCIDENT_SLACK_BOT_TOKEN`` or ``INCIDENT_SLACK_CHANNEL`` is unset;
+- ``build_pager(settings)``: a ``PagerDutyNotifier``, or None without
+  ``INCIDENT_PAGERDUTY_ROUTING_KEY``;
+- ``console()``: the ``ConsoleNotifier``, both Protocols at once.
+
+When neither Slack nor PagerDuty is configured, callers fall back to
+``console()`` for both, so ``incident dev`` shows what would be sent. A service
+that is configured is never shadowed by the console.
+
+To trust a private CA (tests, TLS-inspecting proxies) without code, set
+``SSL_CERT_FILE`` to a PEM bundle: httpx2 (PagerDuty) and urllib (Slack) both
+read it. It replaces the system store rather than adding to it.
+"""
+
+from __future__ import annotations
+
+from incident.config import Settings
+from incident.integrations.base import (
+    AlertView,
+    DeliveryError,
+    IncidentView,
+    Pager,
+    PermanentDeliveryError,
+    RateLimited,
+    SlackPoster,
+    TransientDeliveryError,
+)
+from incident.integrations.console import ConsoleNotifier
+
+__all__ = [
+    "AlertView",
+    "ConsoleNotifier",
+    "DeliveryError",
+    "IncidentView",
+    "Pager",
+    "PermanentDeliveryError",
+    "RateLimited",
+    "SlackPoster",
+    "TransientDeliveryError",
+    "build_pager",
+    "build_slack",
+    "console",
+]
+
+
+def build_slack(settings: Settings) -> SlackPoster | None:
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
+    if not token or not settings.slack_channel:
+        return None
+    # Imported here so that a process without Slack never loads slack_sdk.
+    from incident.integrations.slack import SlackNotifier
+
+    return SlackNotifier(token, api_url=settings.slack_api_url)
+
+
+def build_pager(settings: Settings) -> Pager | None:
+    key = settings.pagerduty_routing_key
+    routing_key = key.get_secret_value() if key else ""
+    if not routing_key:
+        return None
+    from incident.integrations.pagerduty import PagerDutyNotifier
+
+    return PagerDutyNotifier(routing_key, events_url=settings.pagerduty_events_url)
+
+
+def console() -> ConsoleNotifier:
+    return ConsoleNotifier()
