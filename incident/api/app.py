@@ -12,6 +12,7 @@ from incident.api.errors import error_response
 from incident.config import Settings, get_settings
 from incident.incidents.store import BadCursor, IncidentNotFound, TransitionNotAllowed
 from incident.logging import configure_logging
+from incident.rules import load_rules
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Alertmanager webhooks in, incidents out.",
     )
     app.state.settings = settings
+    app.state.rules = load_rules(settings.rules_file)
     app.include_router(webhooks.router)
     app.include_router(incidents.router)
     app.include_router(health.router)

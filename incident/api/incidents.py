@@ -18,6 +18,8 @@ from incident.db import engine_for, session_scope
 from incident.incidents import store
 from incident.incidents.models import TimelineKind
 from incident.incidents.schemas import IncidentOut, IncidentPage, TransitionRequest
+from incident.notifications.planning import Channels
+from incident.notifications.tasks import enqueue_deliveries
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api_token)])
 
@@ -67,10 +69,16 @@ async def _transition_request(request: Request) -> TransitionRequest | JSONRespo
 
 
 def _transition(request: Request, incident_id: int, to: TimelineKind, note: str | None) -> IncidentOut:
-    engine = engine_for(request.app.state.settings.require_database_url())
-    with session_scope(engine) as session:
-        incident = store.transition_by_hand(session, incident_id, to, note=note)
-        return IncidentOut.model_validate(incident)
+    state = request.app.state
+    with session_scope(engine_for(state.settings.require_database_url())) as session:
+        incident, created = store.transition_by_hand(
+            session, incident_id, to, note=note, rules=state.rules,
+            channels=Channels.from_settings(state.settings),
+        )
+        shown = IncidentOut.model_validate(incident)
+    # After commit, so a worker never looks for a row that is not there yet.
+    enqueue_deliveries(created)
+    return shown
 
 
 async def _by_hand(request: Request, incident_id: int, to: TimelineKind) -> IncidentOut | JSONResponse:

@@ -27,6 +27,8 @@ from incident.incidents.models import (
     TimelineEntry,
     TimelineKind,
 )
+from incident.notifications.ledger import record_notifications
+from incident.notifications.planning import Channels
 from incident.rules import Rules, Severity
 
 FIRING = "firing"
@@ -53,6 +55,8 @@ class GroupChange:
     incident_id: int | None = None
     events: list[TimelineKind] = field(default_factory=list)
     duplicate: bool = False
+    # Ledger rows created with this change, to hand to workers after commit.
+    notifications: list[tuple[int, bool]] = field(default_factory=list)
 
 
 def apply_notification(
@@ -62,7 +66,9 @@ def apply_notification(
     *,
     now: datetime | None = None,
     identity: NotificationIdentity | None = None,
+    channels: Channels | None = None,
 ) -> GroupChange:
+    """Apply one notification; with ``channels``, also plan who is told about it."""
     now = now or datetime.now(UTC)
     ghash, digest = identity or NotificationIdentity.of(payload)
     group = _lock_group(session, ghash, payload)
@@ -80,6 +86,11 @@ def apply_notification(
     if incident is not None:
         updater.settle_state(incident)
         change.incident_id = incident.id
+        if channels is not None and updater.entries:
+            session.flush()
+            change.notifications = record_notifications(
+                session, incident, updater.entries, rules, channels, now
+            )
 
     group.last_digest = digest
     group.revision += 1
@@ -178,12 +189,13 @@ class _IncidentUpdater:
         # Announced by settle_state, and only if the incident stays open: when the
         # last alert resolves, "resolved" says it all.
         self.resolved_alerts: list[str] = []
+        self.entries: list[TimelineEntry] = []
 
     def record(self, incident: Incident, kind: TimelineKind, **detail: Any) -> None:
         # By id, not relationship: appending to incident.timeline would load it whole.
-        self.session.add(
-            TimelineEntry(incident_id=incident.id, at=self.now, kind=kind, detail=detail)
-        )
+        entry = TimelineEntry(incident_id=incident.id, at=self.now, kind=kind, detail=detail)
+        self.session.add(entry)
+        self.entries.append(entry)
         if kind not in self.change.events:
             self.change.events.append(kind)
 

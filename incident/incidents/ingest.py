@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 from pydantic import ValidationError
 
@@ -9,12 +11,20 @@ from incident.alerts.schemas import WebhookPayload
 from incident.db import session_scope
 from incident.incidents.digests import DigestCache
 from incident.incidents.grouping import GroupChange, NotificationIdentity, apply_notification
+from incident.notifications.planning import Channels
 from incident.rules import Rules
 
 log = structlog.get_logger(__name__)
 
 
-def ingest_payload(raw: dict, *, rules: Rules, digests: DigestCache) -> GroupChange | None:
+def ingest_payload(
+    raw: dict,
+    *,
+    rules: Rules,
+    digests: DigestCache,
+    channels: Channels | None = None,
+    after_commit: Callable[[list[tuple[int, bool]]], None] | None = None,
+) -> GroupChange | None:
     """Apply one notification. None when it was a repeat the cache recognised."""
     try:
         payload = WebhookPayload.model_validate(raw)
@@ -31,7 +41,11 @@ def ingest_payload(raw: dict, *, rules: Rules, digests: DigestCache) -> GroupCha
         log.debug("repeat notification, nothing to do")
         return None
     with session_scope() as session:
-        change = apply_notification(session, payload, rules, identity=identity)
+        change = apply_notification(
+            session, payload, rules, identity=identity, channels=channels
+        )
+    if after_commit is not None and change.notifications:
+        after_commit(change.notifications)
     digests.remember(change.group_hash, change.revision, change.digest)
     if change.incident_id is not None:
         structlog.contextvars.bind_contextvars(incident_id=change.incident_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -25,6 +25,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from incident.db import Base
+
+if TYPE_CHECKING:
+    from incident.notifications.models import Notification
 
 
 class IncidentStatus(StrEnum):
@@ -115,6 +118,9 @@ class Incident(Base):
         back_populates="incident", order_by="TimelineEntry.id", cascade="all, delete-orphan",
         passive_deletes=True,
     )
+    notifications: Mapped[list[Notification]] = relationship(
+        order_by="Notification.id", viewonly=True
+    )
 
 
 class Alert(Base):
@@ -146,3 +152,8 @@ class TimelineEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
 
     incident: Mapped[Incident] = relationship(back_populates="timeline")
+
+
+# The ledger lives in its own domain; importing it here registers it before
+# the mappers are configured, wherever incidents are loaded from.
+import incident.notifications.models  # noqa: E402, F401

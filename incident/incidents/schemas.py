@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Out(BaseModel):
@@ -42,6 +42,12 @@ class NotificationOut(_Out):
     status: str
     external_id: str | None
     at: datetime
+
+    @field_validator("status")
+    @classmethod
+    def _in_flight_is_pending(cls, status: str) -> str:
+        # "sending" is the ledger's own bookkeeping; to a reader it is still pending.
+        return "pending" if status == "sending" else status
 
 
 class IncidentOut(_Out):

@@ -11,6 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from incident.incidents.models import Incident, IncidentStatus, TimelineEntry, TimelineKind
+from incident.notifications.ledger import record_notifications
+from incident.notifications.planning import Channels
+from incident.rules import Rules
 
 
 class IncidentNotFound(LookupError):
@@ -40,7 +43,11 @@ def decode_cursor(cursor: str) -> int:
         raise BadCursor("cursor is not one this API returned") from exc
 
 
-_WHOLE = (selectinload(Incident.alerts), selectinload(Incident.timeline))
+_WHOLE = (
+    selectinload(Incident.alerts),
+    selectinload(Incident.timeline),
+    selectinload(Incident.notifications),
+)
 
 
 def list_incidents(
@@ -86,8 +93,13 @@ def transition_by_hand(
     *,
     note: str | None = None,
     now: datetime | None = None,
-) -> Incident:
-    """Acknowledge or resolve; the row lock orders this against the worker."""
+    rules: Rules | None = None,
+    channels: Channels | None = None,
+) -> tuple[Incident, list[tuple[int, bool]]]:
+    """Acknowledge or resolve; the row lock orders this against the worker.
+
+    Returns the incident and the ledger rows to hand to workers after commit.
+    """
     now = now or datetime.now(UTC)
     incident = session.get(Incident, incident_id, with_for_update=True)
     if incident is None:
@@ -106,7 +118,11 @@ def transition_by_hand(
     detail: dict[str, str] = {"by": "api"}
     if note:
         detail["note"] = note
-    session.add(TimelineEntry(incident_id=incident.id, at=now, kind=to, detail=detail))
+    entry = TimelineEntry(incident_id=incident.id, at=now, kind=to, detail=detail)
+    session.add(entry)
     session.flush()
+    created = []
+    if rules is not None and channels is not None:
+        created = record_notifications(session, incident, [entry], rules, channels, now)
     session.expire(incident)
-    return get_incident(session, incident_id)
+    return get_incident(session, incident_id), created

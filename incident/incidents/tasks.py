@@ -50,5 +50,10 @@ def _park_after_last_retry(task, exc, task_id, args, kwargs, einfo) -> None:
     time_limit=90,
 )
 def ingest_webhook(*, payload: dict) -> int | None:
-    change = ingest_payload(payload, rules=worker_rules(), digests=digest_cache())
+    from incident.notifications.tasks import channels, enqueue_deliveries
+
+    change = ingest_payload(
+        payload, rules=worker_rules(), digests=digest_cache(),
+        channels=channels(), after_commit=enqueue_deliveries,
+    )
     return change.incident_id if change else None

@@ -15,7 +15,7 @@ from incident.worker.transport import TRANSPORT as REDIS_TRANSPORT
 # Redis never hands a message that is still being worked on to a second worker.
 VISIBILITY_TIMEOUT = 4 * 3600
 
-TASK_MODULES = ["incident.incidents.tasks"]
+TASK_MODULES = ["incident.incidents.tasks", "incident.notifications.tasks"]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -45,8 +45,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,
+        "beat_schedule": beat_schedule(settings),
         "enable_utc": True,
         "timezone": "UTC",
+    }
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    every = settings.escalation_poll_seconds
+    return {
+        "fire-escalations": {"task": "incident.notifications.fire_escalations", "schedule": every},
+        "sweep-undelivered": {"task": "incident.notifications.sweep_undelivered", "schedule": every},
     }
 
 

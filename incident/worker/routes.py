@@ -18,6 +18,11 @@ QUEUES = (INGEST, PAGE, NOTIFY, REMEDIATE, MAINTENANCE)
 
 TASK_ROUTES: dict[str, dict[str, str]] = {
     "incident.incidents.ingest_webhook": {"queue": INGEST},
+    # Pages are sent with queue=PAGE at the call site; the rest default here.
+    "incident.notifications.deliver": {"queue": NOTIFY},
+    "incident.notifications.flush_slack_digest": {"queue": NOTIFY},
+    "incident.notifications.fire_escalations": {"queue": PAGE},
+    "incident.notifications.sweep_undelivered": {"queue": MAINTENANCE},
 }
 
 

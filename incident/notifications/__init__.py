@@ -1,0 +1,1 @@
+"""Who is told what: the notification ledger, delivery, escalation timers."""

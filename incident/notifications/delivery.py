@@ -1,0 +1,222 @@
+"""Sending one ledger row: claim it, send it, record what happened.
+
+The claim and the record are short transactions of their own; the request to
+Slack or PagerDuty happens between them, holding no lock. A worker killed
+after sending but before recording leaves the row ``sending`` under its task
+id. When the message is redelivered to the same task id, or the claim goes
+stale, the next attempt looks for the message it may already have posted
+(Slack: by the ledger id carried in the message metadata; PagerDuty: the
+dedup key makes a repeated event harmless) instead of posting again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from incident.db import session_scope
+from incident.incidents.models import Incident, TimelineEntry, TimelineKind
+from incident.integrations.base import DeliveryError, IncidentView
+from incident.notifications.models import Action, Channel, DeliveryStatus, Notification
+from incident.notifications.notifiers import Notifiers
+from incident.notifications.planning import EDITS_PARENT
+from incident.notifications.views import incident_view
+
+log = structlog.get_logger(__name__)
+
+STALE_CLAIM = timedelta(minutes=2)
+DIGEST_PREFIX = "digest:"
+
+
+class Outcome(StrEnum):
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    COALESCED = "coalesced"
+
+
+class RetryLater(Exception):
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: int
+    channel: Channel
+    action: Action
+    target: str | None
+    text: str | None
+    priority: bool
+    recovering: bool
+    claimed_at: datetime
+    kind: TimelineKind
+    parent_ts: str | None
+    view: IncidentView
+
+
+def deliver(
+    notification_id: int, *, task_id: str, notifiers: Notifiers, now: datetime | None = None
+) -> Outcome:
+    now = now or datetime.now(UTC)
+    with session_scope() as session:
+        claim = _claim(session, notification_id, task_id, now, notifiers.public_url)
+    if claim is None:
+        return Outcome.SKIPPED
+    log.debug("delivering", notification_id=claim.id, channel=claim.channel, action=claim.action)
+    try:
+        external_id = _send(claim, notifiers)
+    except _Coalesced:
+        return Outcome.COALESCED
+    except RetryLater:
+        _release(claim.id, task_id, error=None)
+        raise
+    except DeliveryError as exc:
+        if exc.retryable:
+            _release(claim.id, task_id, error=str(exc))
+            raise RetryLater(exc.retry_after or 0, str(exc)) from exc
+        mark_failed(claim.id, str(exc))
+        log.error("notification failed", notification_id=claim.id, error=str(exc))
+        return Outcome.FAILED
+    with session_scope() as session:
+        _record_sent(session, claim.id, task_id, external_id)
+    return Outcome.SENT
+
+
+class _Coalesced(Exception):
+    pass
+
+
+def _claim(
+    session: Session, notification_id: int, task_id: str, now: datetime, public_url: str
+) -> Claim | None:
+    row = session.get(Notification, notification_id, with_for_update=True)
+    if row is None or row.status in (DeliveryStatus.SENT, DeliveryStatus.FAILED):
+        return None
+    recovering = row.status == DeliveryStatus.SENDING
+    if recovering and row.claimed_by != task_id and row.claimed_at > now - STALE_CLAIM:
+        return None  # another worker has it right now
+    parent_ts = None
+    if row.channel == Channel.SLACK and row.action != Action.TRIGGER:
+        parent = _slack_parent(session, row.incident_id)
+        if parent is None or parent.status in (DeliveryStatus.PENDING, DeliveryStatus.SENDING):
+            raise RetryLater(2, "the Slack parent message is not posted yet")
+        if parent.status == DeliveryStatus.FAILED:
+            row.status = DeliveryStatus.FAILED
+            row.last_error = "the Slack parent message could not be posted"
+            return None
+        parent_ts = parent.external_id
+    incident = session.scalars(
+        select(Incident).where(Incident.id == row.incident_id).options(selectinload(Incident.alerts))
+    ).one()
+    kind = TimelineKind(session.scalar(select(TimelineEntry.kind).where(TimelineEntry.id == row.step)))
+    claimed_at = row.claimed_at if recovering else now
+    row.status = DeliveryStatus.SENDING
+    row.claimed_by = task_id
+    row.claimed_at = now
+    row.attempts += 1
+    return Claim(
+        id=row.id, channel=Channel(row.channel), action=Action(row.action), target=row.target,
+        text=row.text, priority=row.priority, recovering=recovering, claimed_at=claimed_at,
+        kind=kind, parent_ts=parent_ts, view=incident_view(incident, public_url),
+    )
+
+
+def _slack_parent(session: Session, incident_id: int) -> Notification | None:
+    return session.scalars(
+        select(Notification).where(
+            Notification.incident_id == incident_id,
+            Notification.channel == Channel.SLACK,
+            Notification.action == Action.TRIGGER,
+        ).order_by(Notification.id).limit(1)
+    ).one_or_none()
+
+
+def _send(claim: Claim, notifiers: Notifiers) -> str:
+    if claim.channel is Channel.PAGERDUTY:
+        return _send_pagerduty(claim, notifiers)
+    if claim.channel is Channel.CONSOLE:
+        if claim.action is Action.TRIGGER:
+            return notifiers.console.post_parent("console", claim.view, ledger_id=claim.id)
+        return notifiers.console.reply(
+            "console", claim.view.key, f"{claim.view.title}: {claim.text}", ledger_id=claim.id
+        )
+    return _send_slack(claim, notifiers)
+
+
+def _send_pagerduty(claim: Claim, notifiers: Notifiers) -> str:
+    pager = notifiers.require_pager()
+    key = claim.view.key
+    if claim.action in (Action.TRIGGER, Action.ESCALATE):
+        # Repeating a trigger is safe: PagerDuty folds it into the same alert.
+        return pager.trigger(claim.view, severity=claim.target or "critical")
+    if claim.action is Action.ACKNOWLEDGE:
+        pager.acknowledge(key)
+    elif claim.action is Action.RESOLVE:
+        pager.resolve(key)
+    return key
+
+
+def _send_slack(claim: Claim, notifiers: Notifiers) -> str:
+    slack = notifiers.require_slack()
+    channel = claim.target or notifiers.default_slack_channel
+    if claim.recovering:
+        thread = _thread_of(claim.parent_ts)
+        oldest = (claim.claimed_at - timedelta(minutes=1)).timestamp()
+        found = slack.find_posted(channel, ledger_id=claim.id, thread_ts=thread, oldest=oldest)
+        if found is not None:
+            log.info("already posted before a crash; not posting again", notification_id=claim.id)
+            return found
+    if not claim.priority and notifiers.slack_bucket.take(channel) > 0:
+        notifiers.digests.add(channel, claim.id)
+        raise _Coalesced
+    if claim.action is Action.TRIGGER:
+        return slack.post_parent(channel, claim.view, ledger_id=claim.id)
+    parent_ts = claim.parent_ts or ""
+    if not parent_ts.startswith(DIGEST_PREFIX) and (
+        claim.kind in EDITS_PARENT or claim.action in (Action.ACKNOWLEDGE, Action.RESOLVE)
+    ):
+        slack.update_parent(channel, parent_ts, claim.view)
+    return slack.reply(channel, _thread_of(parent_ts), claim.text or "", ledger_id=claim.id)
+
+
+def _thread_of(parent_ts: str | None) -> str | None:
+    if parent_ts is None:
+        return None
+    return parent_ts.removeprefix(DIGEST_PREFIX)
+
+
+def _release(notification_id: int, task_id: str, *, error: str | None) -> None:
+    """Hand the row back for the retry, unless another task has since taken it."""
+    with session_scope() as session:
+        row = session.get(Notification, notification_id, with_for_update=True)
+        if row is not None and row.claimed_by == task_id and row.status == DeliveryStatus.SENDING:
+            row.status = DeliveryStatus.PENDING
+            row.claimed_by = None
+            if error:
+                row.last_error = error
+
+
+def mark_failed(notification_id: int, error: str) -> None:
+    with session_scope() as session:
+        row = session.get(Notification, notification_id, with_for_update=True)
+        if row is not None and row.status != DeliveryStatus.SENT:
+            row.status = DeliveryStatus.FAILED
+            row.last_error = error
+
+
+def _record_sent(session: Session, notification_id: int, task_id: str, external_id: str) -> None:
+    row = session.get(Notification, notification_id, with_for_update=True)
+    if row is None or row.status == DeliveryStatus.SENT:
+        return
+    row.status = DeliveryStatus.SENT
+    row.external_id = external_id
+    row.sent_at = datetime.now(UTC)
+    row.last_error = None

@@ -1,0 +1,109 @@
+"""The notification ledger and escalation timers.
+
+Every notification is a row before it is a request. The unique key (incident,
+channel, action, step) is what makes a retried task, a redelivered message or
+a duplicate webhook unable to post twice: they all find the row already there.
+``step`` is the id of the timeline entry the notification announces, so each
+event is told once per channel and action.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from incident.db import Base
+
+if TYPE_CHECKING:
+    from incident.incidents.models import Incident
+
+
+class Channel(StrEnum):
+    SLACK = "slack"
+    PAGERDUTY = "pagerduty"
+    CONSOLE = "console"
+
+
+class Action(StrEnum):
+    TRIGGER = "trigger"
+    UPDATE = "update"
+    ACKNOWLEDGE = "acknowledge"
+    RESOLVE = "resolve"
+    ESCALATE = "escalate"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Notification(Base):
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("incident_id", "channel", "action", "step"),
+        CheckConstraint("status IN ('pending','sending','sent','failed')", name="status"),
+        Index("ix_notifications_pending", "status", "created_at",
+              postgresql_where=text("status IN ('pending','sending')")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int] = mapped_column(BigInteger)
+    # Where it goes (a Slack channel) and what it says beyond the incident itself.
+    target: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str | None] = mapped_column(Text)
+    priority: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    external_id: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    incident: Mapped[Incident] = relationship(viewonly=True)
+
+    @property
+    def at(self) -> datetime:
+        return self.sent_at or self.created_at
+
+
+class EscalationTimer(Base):
+    """One per incident: when its escalation policy next acts, polled by beat."""
+
+    __tablename__ = "escalation_timers"
+    __table_args__ = (
+        Index("ix_escalation_timers_due", "due_at", postgresql_where=text("active")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("incidents.id", ondelete="CASCADE"), unique=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # ack_timeout | escalate_after
+    severity: Mapped[str] = mapped_column(String(4))
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    fired: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)

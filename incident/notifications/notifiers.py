@@ -1,0 +1,48 @@
+"""The set of notifiers a worker delivers through, built once from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from incident.config import Settings
+from incident.integrations import build_pager, build_slack, console
+from incident.integrations.base import Pager, SlackPoster
+from incident.notifications.digest import SlackDigests
+from incident.notifications.ratelimit import TokenBucket
+
+
+class NotConfigured(RuntimeError):
+    pass
+
+
+@dataclass
+class Notifiers:
+    slack: SlackPoster | None
+    pager: Pager | None
+    console: SlackPoster
+    default_slack_channel: str
+    public_url: str
+    slack_bucket: TokenBucket
+    digests: SlackDigests
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, bucket: TokenBucket, digests: SlackDigests) -> Notifiers:
+        return cls(
+            slack=build_slack(settings),
+            pager=build_pager(settings),
+            console=console(),
+            default_slack_channel=settings.slack_channel or "",
+            public_url=settings.public_url,
+            slack_bucket=bucket,
+            digests=digests,
+        )
+
+    def require_slack(self) -> SlackPoster:
+        if self.slack is None:
+            raise NotConfigured("Slack is not configured (INCIDENT_SLACK_BOT_TOKEN, INCIDENT_SLACK_CHANNEL)")
+        return self.slack
+
+    def require_pager(self) -> Pager:
+        if self.pager is None:
+            raise NotConfigured("PagerDuty is not configured (INCIDENT_PAGERDUTY_ROUTING_KEY)")
+        return self.pager

@@ -1,0 +1,158 @@
+"""Who is told what, for each event on an incident's timeline (pure).
+
+Slack keeps one parent message per incident, edited as status and severity
+change, with every later event as a reply in its thread. PagerDuty gets one
+trigger per opening (dedup_key = the incident key), then acknowledge and
+resolve. A flapping incident stops paging until it settles. With neither
+Slack nor PagerDuty configured, everything goes to the console notifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from incident.config import Settings
+from incident.incidents.models import TimelineKind
+from incident.notifications.models import Action, Channel
+from incident.rules import Severity
+from incident.rules.escalation import EscalationPolicy
+
+_OPENINGS = {TimelineKind.OPENED, TimelineKind.REOPENED}
+# Events that change what the parent message shows, so it is edited as well.
+EDITS_PARENT = {
+    TimelineKind.REOPENED,
+    TimelineKind.SEVERITY_CHANGED,
+    TimelineKind.ACKNOWLEDGED,
+    TimelineKind.RESOLVED,
+    TimelineKind.FLAPPING,
+    TimelineKind.SETTLED,
+}
+_SLACK_ACTION = {
+    TimelineKind.ACKNOWLEDGED: Action.ACKNOWLEDGE,
+    TimelineKind.RESOLVED: Action.RESOLVE,
+    TimelineKind.ESCALATED: Action.ESCALATE,
+}
+
+
+@dataclass(frozen=True)
+class Channels:
+    """What this installation can reach, from settings."""
+
+    slack: bool
+    slack_default_channel: str | None
+    pagerduty: bool
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Channels:
+        return cls(
+            slack=settings.slack_bot_token is not None and bool(settings.slack_channel),
+            slack_default_channel=settings.slack_channel,
+            pagerduty=settings.pagerduty_routing_key is not None,
+        )
+
+    @property
+    def console_only(self) -> bool:
+        return not self.slack and not self.pagerduty
+
+
+@dataclass(frozen=True)
+class Planned:
+    channel: Channel
+    action: Action
+    target: str | None = None
+    text: str | None = None
+    priority: bool = False
+
+
+@dataclass(frozen=True)
+class IncidentState:
+    severity: Severity
+    flapping: bool
+    paged: bool  # a PagerDuty trigger exists for this incident
+    slack_parent: bool  # a Slack parent message exists (or is planned) for it
+
+
+def plan(
+    kind: TimelineKind,
+    detail: dict[str, Any],
+    incident: IncidentState,
+    policy: EscalationPolicy,
+    channels: Channels,
+) -> list[Planned]:
+    text = describe(kind, detail)
+    urgent = incident.severity.rank <= 2
+    if channels.console_only:
+        return [Planned(Channel.CONSOLE, _console_action(kind), text=text, priority=urgent)]
+
+    planned: list[Planned] = []
+    if channels.slack and policy.slack_enabled:
+        target = policy.slack_channel or channels.slack_default_channel
+        if kind is TimelineKind.OPENED or not incident.slack_parent:
+            # The first message Slack hears about an incident becomes its parent.
+            planned.append(Planned(Channel.SLACK, Action.TRIGGER, target, text, urgent))
+        else:
+            planned.append(
+                Planned(
+                    Channel.SLACK, _SLACK_ACTION.get(kind, Action.UPDATE), target, text,
+                    priority=urgent and kind in _OPENINGS | {TimelineKind.ESCALATED},
+                )
+            )
+    if channels.pagerduty:
+        planned.extend(_pagerduty(kind, incident, policy))
+    return planned
+
+
+def _pagerduty(kind: TimelineKind, incident: IncidentState, policy: EscalationPolicy) -> list[Planned]:
+    pages = policy.pagerduty is not None and not incident.flapping
+    if kind in _OPENINGS or kind is TimelineKind.SEVERITY_CHANGED:
+        # A raised severity re-triggers with the same dedup_key: PagerDuty
+        # updates the alert it has rather than opening another.
+        if pages:
+            return [Planned(Channel.PAGERDUTY, Action.TRIGGER, policy.pagerduty, priority=True)]
+    elif kind is TimelineKind.ESCALATED:
+        if pages:
+            return [Planned(Channel.PAGERDUTY, Action.ESCALATE, policy.pagerduty, priority=True)]
+    elif kind is TimelineKind.ACKNOWLEDGED and incident.paged:
+        return [Planned(Channel.PAGERDUTY, Action.ACKNOWLEDGE, priority=True)]
+    elif kind is TimelineKind.RESOLVED and incident.paged:
+        return [Planned(Channel.PAGERDUTY, Action.RESOLVE, priority=True)]
+    return []
+
+
+def _console_action(kind: TimelineKind) -> Action:
+    if kind is TimelineKind.OPENED:
+        return Action.TRIGGER
+    return _SLACK_ACTION.get(kind, Action.UPDATE)
+
+
+def describe(kind: TimelineKind, detail: dict[str, Any]) -> str:
+    """One line for a thread reply or a digest."""
+    match kind:
+        case TimelineKind.OPENED:
+            return f"Opened as {detail.get('severity', '?')} with {detail.get('alerts', 0)} firing alert(s)"
+        case TimelineKind.REOPENED:
+            return "Fired again: reopened"
+        case TimelineKind.ALERT_ADDED:
+            return f"Alert {detail.get('fingerprint', '?')} firing ({detail.get('severity', '?')})"
+        case TimelineKind.ALERT_RESOLVED:
+            return f"Alert {detail.get('fingerprint', '?')} resolved"
+        case TimelineKind.SEVERITY_CHANGED:
+            return f"Severity raised from {detail.get('from')} to {detail.get('to')}"
+        case TimelineKind.ACKNOWLEDGED:
+            return "Acknowledged" + _note(detail)
+        case TimelineKind.RESOLVED:
+            by = "by hand" if detail.get("by") == "api" else "all alerts resolved"
+            return f"Resolved ({by})" + _note(detail)
+        case TimelineKind.FLAPPING:
+            return "Flapping: paging paused until it settles"
+        case TimelineKind.SETTLED:
+            return "Settled: paging resumes"
+        case TimelineKind.ESCALATED:
+            return f"Escalated: {detail.get('reason', 'not acknowledged')}"
+        case _:
+            return kind.value.replace("_", " ").capitalize()
+
+
+def _note(detail: dict[str, Any]) -> str:
+    return f": {detail['note']}" if detail.get("note") else ""

@@ -1,0 +1,48 @@
+"""A token bucket per Slack channel, in Redis, shared by every worker process.
+
+Slack allows about one message a second per channel, with short bursts. The
+bucket is one Lua script, so taking a token is atomic however many workers ask.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+_PREFIX = "incident:bucket:"
+
+# KEYS[1] bucket; ARGV: rate per second, burst, now (seconds, float), ttl.
+# Returns 0 when a token was taken, else the seconds until one is available.
+_TAKE = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return tostring(wait)
+"""
+
+
+class TokenBucket:
+    def __init__(self, client: redis.Redis, *, rate: float = 1.0, burst: int = 3) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._take = client.register_script(_TAKE)
+
+    def take(self, name: str) -> float:
+        """Take a token now (returns 0.0), or say how many seconds until one is free."""
+        # Redis's clock would be better shared, but TIME is not allowed before
+        # writes in scripts on older servers; workers' clocks agree closely enough.
+        wait = self._take(keys=[_PREFIX + name], args=[self.rate, self.burst, time.time(), 3600])
+        return float(wait)

@@ -1,0 +1,116 @@
+"""Escalation timers: rows in PostgreSQL, polled by beat, never Celery ETAs.
+
+A timer is (re)armed when an incident opens, reopens or changes severity, and
+disarmed once it is acknowledged or resolved. Firing takes the due rows with
+FOR UPDATE SKIP LOCKED and moves them on in the same transaction, so two beats
+polling at once never fire the same step twice, and a restart loses nothing:
+the row is still due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from incident.incidents.models import Incident, IncidentStatus, TimelineEntry, TimelineKind
+from incident.notifications.models import EscalationTimer
+from incident.rules import Rules, Severity
+
+_ARMS = {TimelineKind.OPENED, TimelineKind.REOPENED, TimelineKind.SEVERITY_CHANGED}
+ACK_TIMEOUT = "ack_timeout"
+ESCALATE_AFTER = "escalate_after"
+
+
+def on_timeline(
+    session: Session, incident: Incident, entries: Sequence[TimelineEntry], rules: Rules,
+    now: datetime,
+) -> None:
+    if incident.status != IncidentStatus.TRIGGERED:
+        _disarm(session, incident.id)
+    elif any(TimelineKind(e.kind) in _ARMS for e in entries):
+        arm(session, incident, rules, now)
+
+
+def arm(session: Session, incident: Incident, rules: Rules, now: datetime) -> None:
+    policy = rules.escalation_for(Severity(incident.severity))
+    if policy.ack_timeout is not None:
+        kind, due = ACK_TIMEOUT, now + policy.ack_timeout
+    elif policy.escalate_after is not None:
+        kind, due = ESCALATE_AFTER, now + policy.escalate_after
+    else:
+        _disarm(session, incident.id)
+        return
+    values = {"kind": kind, "severity": incident.severity, "due_at": due, "fired": 0, "active": True}
+    session.execute(
+        insert(EscalationTimer)
+        .values(incident_id=incident.id, **values)
+        .on_conflict_do_update(index_elements=["incident_id"], set_=values)
+    )
+
+
+def _disarm(session: Session, incident_id: int) -> None:
+    timer = session.scalars(
+        select(EscalationTimer).where(EscalationTimer.incident_id == incident_id)
+    ).one_or_none()
+    if timer is not None:
+        timer.active = False
+
+
+def fire_due(session: Session, rules: Rules, now: datetime, *, limit: int = 100):
+    """Advance every due timer; yields (incident, new timeline entries) to announce."""
+    due = session.scalars(
+        select(EscalationTimer)
+        .where(EscalationTimer.active, EscalationTimer.due_at <= now)
+        .order_by(EscalationTimer.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for timer in due:
+        incident = session.get(Incident, timer.incident_id, with_for_update=True)
+        if incident is None or incident.status != IncidentStatus.TRIGGERED:
+            timer.active = False
+            continue
+        entries = _fire(session, timer, incident, rules, now)
+        session.flush()
+        yield incident, entries
+
+
+def _fire(
+    session: Session, timer: EscalationTimer, incident: Incident, rules: Rules, now: datetime
+) -> list[TimelineEntry]:
+    policy = rules.escalation_for(Severity(incident.severity))
+    entries: list[TimelineEntry] = []
+
+    def record(kind: TimelineKind, **detail: object) -> None:
+        entry = TimelineEntry(incident_id=incident.id, at=now, kind=kind, detail=detail)
+        session.add(entry)
+        entries.append(entry)
+
+    if timer.kind == ACK_TIMEOUT:
+        timer.fired += 1
+        times = max(1, policy.repeat)
+        record(
+            TimelineKind.ESCALATED,
+            reason=f"not acknowledged within {policy.ack_timeout}",
+            step=timer.fired, of=times,
+        )
+        if timer.fired >= times or policy.ack_timeout is None:
+            timer.active = False
+        else:
+            timer.due_at = now + policy.ack_timeout
+        return entries
+
+    target = policy.escalate_to
+    timer.active = False
+    if target is not None and target.is_worse_than(Severity(incident.severity)):
+        record(TimelineKind.SEVERITY_CHANGED, **{"from": incident.severity, "to": target.value},
+               by="escalation")
+        record(TimelineKind.ESCALATED, reason=f"still open after {policy.escalate_after}")
+        incident.severity = target
+        incident.updated_at = now
+        arm(session, incident, rules, now)
+    return entries
