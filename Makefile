@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint install alertmanager clean
+.PHONY: run test bench lint install alertmanager wrk clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ run: $(STAMP)
 test: $(STAMP) alertmanager
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP) wrk
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
@@ -35,6 +35,14 @@ alertmanager:
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null; }
+
+# The receiver bench drives saturation load with wrk; Debian packages it.
+wrk:
+	@command -v wrk >/dev/null || \
+	  { echo "installing wrk (Debian package)"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,215 @@
+"""Machine facts, the summary table, and the JSON file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in (
+        "fastapi",
+        "uvicorn",
+        "celery",
+        "kombu",
+        "redis",
+        "SQLAlchemy",
+        "psycopg",
+        "pydantic",
+        "uvloop",
+        "httptools",
+    ):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "loadavg_at_start": os.getloadavg(),
+        "incident_source": str(_incident_source()),
+        "git_commit": _git(["rev-parse", "--short", "HEAD"]),
+        # Others work in the same tree: say whether what ran was the commit alone.
+        "git_uncommitted_changes": bool(_git(["status", "--porcelain", "--untracked-files=no"])),
+        "packages": versions,
+    }
+
+
+def _incident_source() -> Path:
+    """Where the measured ``incident`` package lives (the checkout, or an export of one)."""
+    import incident
+
+    return Path(incident.__file__).resolve().parent
+
+
+def _git(args: list[str]) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=_incident_source(),
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """(measure, value, target, verdict) for the table."""
+    out: list[tuple[str, str, str, str]] = []
+    receiver = results.get("receiver")
+    if receiver:
+        for run in receiver["runs"]:
+            name = f"receiver w={run['api_workers']} {run['alerts_per_payload']:>2}-alert"
+            rps = run["saturation_rps_median"]
+            lat = run["latency_at_half"]
+            runs = ", ".join(f"{v:.0f}" for v in run["saturation_rps_runs"])
+            out.append(
+                (
+                    f"{name}: webhooks/s at saturation",
+                    f"{rps:.0f} ({runs})",
+                    ">= 2000",
+                    _verdict(rps >= 2000),
+                )
+            )
+            cpu = sorted(c["api_cpu_ms_per_request"] for c in run["api_cpu"])[
+                len(run["api_cpu"]) // 2
+            ]
+            out.append((f"{name}: api CPU per request", f"{cpu:.2f} ms", "", ""))
+            p99_target = "< 25 ms" if run["alerts_per_payload"] == 1 else ""
+            out.append(
+                (
+                    f"{name}: p50/p99 at {lat['offered_rps']:.0f}/s open loop",
+                    f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms (max {lat['max_ms']:.0f}, "
+                    f"gen lag p99 {lat['send_lag_p99_ms']:.1f})",
+                    p99_target,
+                    _verdict(lat["p99_ms"] < 25 and lat["errors"] + lat["non_2xx"] == 0)
+                    if p99_target
+                    else "",
+                )
+            )
+    e2e = results.get("end_to_end")
+    if e2e:
+        for run in e2e["runs"]:
+            c = run["worker_concurrency"]
+            ceiling = run["drain_ceiling"]["alerts_per_s"]
+            out.append(
+                (
+                    f"e2e worker c={c}: drain ceiling (workers alone)",
+                    f"{ceiling:.0f} alerts/s",
+                    "",
+                    "",
+                )
+            )
+            for a in run["attempts"]:
+                out.append(
+                    (
+                        f"e2e worker c={c}: {a['alerts_per_s']:.0f} alerts/s for {a['seconds']}s",
+                        f"LLEN {a['llen_first']}->{a['llen_last']} (max {a['llen_max']}, "
+                        f"slope {a['llen_slope_per_s']:+.2f}/s), stored "
+                        f"{a['stored_alerts']}/{a['accepted'] * e2e['plan']['alerts_per_payload']}",
+                        "",
+                        "held" if a["held"] else "did not hold",
+                    )
+                )
+            best = run["sustained_alerts_per_s"]
+            out.append(
+                (
+                    f"e2e worker c={c}: highest sustained rate",
+                    (f"{best:.0f} alerts/s" if best else "none held")
+                    + (
+                        f" (failed at {run['lowest_failed_alerts_per_s']:.0f})"
+                        if run.get("lowest_failed_alerts_per_s")
+                        else ""
+                    ),
+                    ">= 1000 alerts/s",
+                    _verdict(run["target_met"]),
+                )
+            )
+    resend = results.get("resend")
+    if resend:
+        for r in resend["in_process"]:
+            out.append(
+                (
+                    f"resend {r['alerts_per_payload']:>2}-alert: new group vs re-send (median)",
+                    f"{r['new_group_us_median']:.0f} us vs {r['resend_us_median']:.0f} us "
+                    f"= {r['ratio']:.1f}x",
+                    ">= 5x",
+                    _verdict(r["target_met"]),
+                )
+            )
+        w = resend["worker"]
+        out.append(
+            (
+                f"resend worker c={w['worker_concurrency']} {w['alerts_per_payload']}-alert: drain msgs/s",
+                f"new {w['new_group_messages_per_s']:.0f}/s vs re-send "
+                f"{w['resend_messages_per_s']:.0f}/s = {w['ratio']:.1f}x",
+                "",
+                "",
+            )
+        )
+    for name, cpu in results.get("cpu_during", {}).items():
+        if cpu.get("other_cores") is not None:
+            out.append(
+                (
+                    f"machine during {name}",
+                    f"bench+stack {cpu['bench_cores']:.2f} cores, others "
+                    f"{cpu['other_cores']:.2f} cores (of {os.cpu_count()}); cpu speed index "
+                    f"{cpu['speed_index_before']:.0f} -> {cpu['speed_index_after']:.0f}",
+                    "",
+                    "",
+                )
+            )
+    return out
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def table(results: dict) -> str:
+    data = [("measure", "value", "target", "verdict"), *rows(results)]
+    widths = [max(len(r[i]) for r in data) for i in range(4)]
+    lines = []
+    for n, r in enumerate(data):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write(results: dict, name: str) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=_jsonable) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, float):
+        return None
+    return str(value)

@@ -1,0 +1,204 @@
+"""The system under test: PostgreSQL, Redis, `incident api` and `incident worker`.
+
+Every child runs in its own session with INCIDENT_BENCH_RUN in its environment,
+so the bench can stop whole process groups and then prove nothing was left.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psutil
+import redis
+
+from incident.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, process_gone
+
+WEBHOOK_TOKEN = "bench-webhook-token-3d9a"
+API_TOKEN = "bench-api-token-71c4"
+RUN_MARKER = "INCIDENT_BENCH_RUN"
+# Kombu's Redis transport keeps a delivered, unacknowledged message in these.
+BROKER_KEYS = ("ingest", "unacked", "unacked_index")
+
+
+class Stack:
+    """Databases plus the environment every incident process of the run shares."""
+
+    def __init__(self, log_level: str = "WARNING") -> None:
+        self.run_id = uuid.uuid4().hex[:8]
+        # As root PostgreSQL runs as another user: no 0700 parent directory.
+        self.workdir = Path(tempfile.mkdtemp(prefix="incident-bench-"))
+        self.workdir.chmod(0o755)
+        self.log_level = log_level
+        self._postgres: EmbeddedPostgres | None = None
+        self._redis: EmbeddedRedis | None = None
+        self.database_url = ""
+        self.redis_url = ""
+        self.children: list[Child] = []
+
+    def start(self) -> None:
+        self.database_url = os.environ.get("INCIDENT_BENCH_DATABASE_URL", "")
+        if not self.database_url:
+            self._postgres = EmbeddedPostgres(self.workdir / "postgres")
+            self.database_url = self._postgres.start()
+        self.redis_url = os.environ.get("INCIDENT_BENCH_REDIS_URL", "")
+        if not self.redis_url:
+            self._redis = EmbeddedRedis(self.workdir / "redis")
+            self.redis_url = self._redis.start()
+        subprocess.run(
+            [sys.executable, "-m", "incident", "migrate"],
+            env=self.env(),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    @property
+    def postgres_pid(self) -> int | None:
+        """The embedded postmaster (not our child: pg_ctl daemonises it)."""
+        return self._postgres.pid if self._postgres is not None else None
+
+    @property
+    def embedded(self) -> dict[str, bool]:
+        return {"postgres": self._postgres is not None, "redis": self._redis is not None}
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "INCIDENT_DATABASE_URL": self.database_url,
+            "INCIDENT_BROKER_URL": self.redis_url,
+            "INCIDENT_REDIS_URL": self.redis_url,
+            "INCIDENT_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+            "INCIDENT_API_TOKEN": API_TOKEN,
+            "INCIDENT_LOG_FORMAT": "json",
+            "INCIDENT_LOG_LEVEL": self.log_level,
+            RUN_MARKER: self.run_id,
+        }
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def purge_queue(self) -> None:
+        """Drop waiting and unacknowledged ingest messages (only with no worker running)."""
+        self.redis().unlink(*BROKER_KEYS)
+
+    def api(self, workers: int = 1) -> ApiProcess:
+        api = ApiProcess(self, workers)
+        self.children.append(api)
+        return api
+
+    def worker(self, concurrency: int) -> Child:
+        argv = [
+            sys.executable, "-m", "incident", "worker",
+            "--concurrency", str(concurrency), "--pool", "prefork",
+            "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h",
+            "--without-gossip", "--without-mingle", "--loglevel", self.log_level,
+        ]  # fmt: skip
+        child = Child(argv, self.env(), self.workdir / f"worker-c{concurrency}.log")
+        self.children.append(child)
+        return child
+
+    def stop(self) -> list[str]:
+        """Stop everything; return a description of any process of this run still alive."""
+        for child in reversed(self.children):
+            child.stop()
+        servers = []
+        if self._redis is not None:
+            servers.append(("redis-server", self._redis.pid))
+            self._redis.stop()
+        if self._postgres is not None:
+            servers.append(("postgres", self._postgres.pid))
+            self._postgres.stop()
+        leftovers = leftover_processes(self.run_id)
+        leftovers += [f"{pid} {name}" for name, pid in servers if pid and not process_gone(pid)]
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return leftovers
+
+
+class Child:
+    """A subprocess in its own process group, logging to a file."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.proc.args[3]} exited {self.proc.returncode}:\n{tail}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self._log.closed:  # stopped already: its group id may belong to someone else now
+            return
+        if self.proc.poll() is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        # Prefork children and uvicorn's spawned workers share the group: make sure they went too.
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        self._log.close()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class ApiProcess(Child):
+    def __init__(self, stack: Stack, workers: int) -> None:
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.url = f"http://{self.host}:{self.port}"
+        argv = [
+            sys.executable, "-m", "incident", "api",
+            "--port", str(self.port), "--workers", str(workers),
+        ]  # fmt: skip
+        super().__init__(argv, stack.env(), stack.workdir / f"api-w{workers}.log")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"api did not answer /healthz within {timeout:.0f}s")
+
+
+def leftover_processes(run_id: str) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.environ().get(RUN_MARKER) == run_id and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(f"{proc.pid} {' '.join(proc.info['cmdline'] or [])[:120]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found

@@ -1,0 +1,87 @@
+"""Who is told what, event by event (pure: no servers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from incident.incidents.models import TimelineKind
+from incident.notifications.models import Action, Channel
+from incident.notifications.planning import Channels, IncidentState, plan
+from incident.rules import Severity, parse_rules
+
+RULES = parse_rules("""
+escalation:
+  SEV1: {pagerduty: critical, slack: true, ack_timeout: 5m, repeat: 3}
+  SEV2: {pagerduty: error, slack: db-oncall}
+  SEV3: {slack: true, escalate_after: 1h, escalate_to: SEV2}
+  SEV4: {slack: false}
+""")
+BOTH = Channels(slack=True, slack_default_channel="C-DEFAULT", pagerduty=True)
+CONSOLE = Channels(slack=False, slack_default_channel=None, pagerduty=False)
+
+
+def state(severity="SEV1", *, flapping=False, paged=False, slack_parent=True) -> IncidentState:
+    return IncidentState(Severity(severity), flapping, paged, slack_parent)
+
+
+def told(kind, incident, channels=BOTH, **detail):
+    policy = RULES.escalation_for(incident.severity)
+    return [(p.channel, p.action, p.target, p.priority)
+            for p in plan(kind, detail, incident, policy, channels)]
+
+
+def test_a_sev1_opening_posts_a_parent_and_pages_both_as_priority():
+    assert told(TimelineKind.OPENED, state(slack_parent=False)) == [
+        (Channel.SLACK, Action.TRIGGER, "C-DEFAULT", True),
+        (Channel.PAGERDUTY, Action.TRIGGER, "critical", True),
+    ]
+
+
+def test_a_sev3_opening_only_posts_to_slack_without_priority():
+    assert told(TimelineKind.OPENED, state("SEV3", slack_parent=False)) == [
+        (Channel.SLACK, Action.TRIGGER, "C-DEFAULT", False),
+    ]
+
+
+def test_a_policy_channel_overrides_the_default():
+    assert told(TimelineKind.OPENED, state("SEV2", slack_parent=False))[0][2] == "db-oncall"
+
+
+def test_later_events_are_thread_updates_and_do_not_page():
+    assert told(TimelineKind.ALERT_ADDED, state(paged=True)) == [
+        (Channel.SLACK, Action.UPDATE, "C-DEFAULT", False),
+    ]
+
+
+def test_acknowledge_and_resolve_reach_pagerduty_only_when_it_was_paged():
+    assert (Channel.PAGERDUTY, Action.ACKNOWLEDGE, None, True) in told(
+        TimelineKind.ACKNOWLEDGED, state(paged=True)
+    )
+    assert all(c != Channel.PAGERDUTY for c, *_ in told(TimelineKind.RESOLVED, state("SEV3")))
+
+
+def test_a_flapping_incident_stops_paging_but_keeps_the_thread():
+    planned = told(TimelineKind.REOPENED, state(flapping=True, paged=True))
+    assert [(c, a) for c, a, *_ in planned] == [(Channel.SLACK, Action.UPDATE)]
+
+
+def test_a_raised_severity_pages_when_the_new_policy_pages():
+    planned = told(TimelineKind.SEVERITY_CHANGED, state("SEV1"), **{"from": "SEV3", "to": "SEV1"})
+    assert (Channel.PAGERDUTY, Action.TRIGGER, "critical", True) in planned
+
+
+def test_the_first_slack_message_about_an_incident_becomes_its_parent():
+    # SEV4 had Slack off; raised to SEV1, Slack hears of it for the first time.
+    planned = told(TimelineKind.SEVERITY_CHANGED, state("SEV1", slack_parent=False))
+    assert (Channel.SLACK, Action.TRIGGER, "C-DEFAULT", True) in planned
+
+
+def test_slack_off_for_a_severity_tells_slack_nothing():
+    assert told(TimelineKind.OPENED, state("SEV4", slack_parent=False)) == []
+
+
+@pytest.mark.parametrize("kind", list(TimelineKind))
+def test_with_nothing_configured_every_event_goes_to_the_console(kind):
+    planned = told(kind, state(), CONSOLE)
+    assert [(c, a) for c, a, *_ in planned][0][0] == Channel.CONSOLE
+    assert len(planned) == 1
