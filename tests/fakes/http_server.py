@@ -47,6 +47,9 @@ class FakeHTTPService:
         self._requests: list[RecordedRequest] = []
         self._failures: deque[ScriptedFailure] = deque()
         self._delays: deque[float] = deque()
+        self._holds: deque[float] = deque()
+        self._held = 0
+        self._release = threading.Event()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -70,7 +73,8 @@ class FakeHTTPService:
         return self
 
     def stop(self) -> None:
-        self._stopping.set()  # ends any scripted delay at once
+        self._stopping.set()  # ends any scripted delay or hold at once
+        self._release.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -106,6 +110,25 @@ class FakeHTTPService:
         """The next ``n`` requests are answered (normally) after ``seconds``."""
         with self._lock:
             self._delays.extend([seconds] * n)
+
+    def hold_reply_next(self, n: int = 1, seconds: float = 60.0) -> None:
+        """The next ``n`` requests take effect at once (the message is stored, the
+        event accepted) but their answers wait ``seconds``, or until
+        ``release_held()``: a reply lost after the service acted, as when the
+        caller dies or times out mid-request."""
+        with self._lock:
+            self._release.clear()
+            self._holds.extend([seconds] * n)
+
+    def release_held(self) -> None:
+        """Answer every held request now (to a caller that may be gone)."""
+        self._release.set()
+
+    @property
+    def held(self) -> int:
+        """How many requests have taken effect and are waiting for their answer."""
+        with self._lock:
+            return self._held
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -147,7 +170,17 @@ class FakeHTTPService:
         if failure is not None:
             return self.scripted_reply(failure)
         with self._lock:
-            return self.handle(method, body, headers)
+            reply = self.handle(method, body, headers)
+            hold = self._holds.popleft() if self._holds else 0.0
+            if hold:
+                self._held += 1
+        if hold:
+            try:
+                self._release.wait(hold)
+            finally:
+                with self._lock:
+                    self._held -= 1
+        return reply
 
     def method_name(self, path: str) -> str:
         return path
