@@ -174,7 +174,12 @@ def _send_slack(claim: Claim, notifiers: Notifiers) -> str:
         if found is not None:
             log.info("already posted before a crash; not posting again", notification_id=claim.id)
             return found
-    if not claim.priority and notifiers.slack_bucket.take(channel) > 0:
+    wait = notifiers.slack_bucket.take(channel)
+    if wait > 0:
+        if claim.priority:
+            # Pages never join a digest: they come back for the next token,
+            # from the page queue, ahead of everything the storm queued.
+            raise RetryLater(wait, "Slack channel rate limit")
         notifiers.digests.add(channel, claim.id)
         raise _Coalesced
     if claim.action is Action.TRIGGER:

@@ -51,10 +51,12 @@ def record_notifications(
     created: list[tuple[int, bool]] = []
     paged = _has_trigger(session, incident.id, Channel.PAGERDUTY)
     slack_parent = _has_trigger(session, incident.id, Channel.SLACK)
+    rule_channel = rules.slack_channel_for(incident.labels)
     for entry in entries:
         state = IncidentState(Severity(incident.severity), incident.flapping, paged, slack_parent)
         policy = rules.escalation_for(state.severity)
-        for item in plan(TimelineKind(entry.kind), entry.detail, state, policy, channels):
+        planned = plan(TimelineKind(entry.kind), entry.detail, state, policy, channels, rule_channel)
+        for item in planned:
             row_id = session.scalar(
                 insert(Notification)
                 .values(

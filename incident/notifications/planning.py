@@ -79,7 +79,9 @@ def plan(
     incident: IncidentState,
     policy: EscalationPolicy,
     channels: Channels,
+    rule_channel: str | None = None,
 ) -> list[Planned]:
+    """``rule_channel``: the Slack channel the matching severity rule names, if any."""
     text = describe(kind, detail)
     urgent = incident.severity.rank <= 2
     if channels.console_only:
@@ -87,7 +89,7 @@ def plan(
 
     planned: list[Planned] = []
     if channels.slack and policy.slack_enabled:
-        target = policy.slack_channel or channels.slack_default_channel
+        target = rule_channel or policy.slack_channel or channels.slack_default_channel
         if kind is TimelineKind.OPENED or not incident.slack_parent:
             # The first message Slack hears about an incident becomes its parent.
             planned.append(Planned(Channel.SLACK, Action.TRIGGER, target, text, urgent))

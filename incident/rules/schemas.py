@@ -15,13 +15,15 @@ from incident.rules.escalation import Escalation, EscalationPolicy
 from incident.rules.maintenance import Maintenance
 from incident.rules.matchers import matches_all
 from incident.rules.remediations import AnyRemediation, RemediationRule, check_unique_names
-from incident.rules.schema_types import MatcherList, StrictModel
+from incident.rules.schema_types import NonEmptyStr, MatcherList, StrictModel
 from incident.rules.severity import Severity
 
 
 class SeverityRule(StrictModel):
     matchers: MatcherList
     severity: Severity
+    # Slack channel for incidents this rule classifies, over the severity's own.
+    channel: NonEmptyStr | None = None
 
 
 def _default_severity_rules() -> tuple[SeverityRule, ...]:
@@ -69,6 +71,13 @@ class Rules(StrictModel):
             if matches_all(rule.matchers, labels):
                 return rule.severity
         return self.severity.default
+
+    def slack_channel_for(self, labels: Mapping[str, str]) -> str | None:
+        """The channel of the first matching severity rule, when that rule names one."""
+        for rule in self.severity.rules:
+            if matches_all(rule.matchers, labels):
+                return rule.channel
+        return None
 
     def matching_remediations(self, labels: Mapping[str, str]) -> list[RemediationRule]:
         """Every remediation whose matchers all match, in file order."""

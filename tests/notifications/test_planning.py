@@ -85,3 +85,19 @@ def test_with_nothing_configured_every_event_goes_to_the_console(kind):
     planned = told(kind, state(), CONSOLE)
     assert [(c, a) for c, a, *_ in planned][0][0] == Channel.CONSOLE
     assert len(planned) == 1
+
+
+def test_a_severity_rule_channel_overrides_the_severity_policy_channel():
+    rules = parse_rules("""
+severity:
+  rules:
+    - matchers: ['team="db"']
+      severity: SEV2
+      channel: db-pager
+""")
+    assert rules.slack_channel_for({"team": "db"}) == "db-pager"
+    assert rules.slack_channel_for({"team": "web"}) is None
+    policy = RULES.escalation_for(Severity.SEV2)
+    planned = plan(TimelineKind.OPENED, {}, state("SEV2", slack_parent=False), policy, BOTH,
+                   rules.slack_channel_for({"team": "db"}))
+    assert planned[0].target == "db-pager"
