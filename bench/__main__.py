@@ -1,4 +1,4 @@
-"""``python -m bench``: run the benches, print a table, write bench/results/latest.json."""
+"""``python -m bench``: run the benches, print a table, write bench/results/latest.json and .md."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 
-BENCHES = ("receiver", "end_to_end", "resend")
+BENCHES = ("receiver", "end_to_end", "resend", "paging")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +37,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="do not apt-get install wrk when missing (use the Python generator)",
     )
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the table as Markdown (for the README); the .md file is written either way",
+    )
     parser.add_argument("--output", help="results file name under bench/results/")
     parser.add_argument("--label", default="", help="a note about this run, kept in the JSON")
     return parser.parse_args(argv)
@@ -43,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from bench import end_to_end, loadgen, receiver, report, resend
+    from bench import end_to_end, loadgen, paging, receiver, report, resend
     from bench.noise import BackgroundLoad, cpu_speed_index
     from bench.stack import Stack
 
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             "receiver": lambda: receiver.run(stack, quick=args.quick, wrk=wrk),
             "end_to_end": lambda: end_to_end.run(stack, quick=args.quick),
             "resend": lambda: resend.run(stack, quick=args.quick),
+            "paging": lambda: paging.run(stack, quick=args.quick),
         }
         for name in selected:
             speed = cpu_speed_index()
@@ -99,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["loadavg_at_end"] = os.getloadavg()
 
     print()
-    print(report.table(results))
+    print(report.markdown(results) if args.markdown else report.table(results))
     name = args.output or ("quick.json" if args.quick else "latest.json")
     path = report.write(_finite(results), name)
-    print(f"\nbench: {results['runtime_s']:.0f}s; results in {path}")
+    md_path = report.write_markdown(results, str(Path(name).with_suffix(".md")))
+    print(f"\nbench: {results['runtime_s']:.0f}s; results in {path} and {md_path}")
     if leftovers:
         print(f"bench: processes left running: {leftovers}", file=sys.stderr)
         return 1

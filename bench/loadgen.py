@@ -117,12 +117,12 @@ def wrk_saturate(
 # ------------------------------------------------------------ raw HTTP/1.1 client
 
 
-class _Connection:
+class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, target: Target) -> _Connection:
+    async def open(cls, target: Target) -> Connection:
         reader, writer = await asyncio.open_connection(target.host, target.port)
         return cls(reader, writer)
 
@@ -153,7 +153,7 @@ def request_bytes(target: Target, body: bytes) -> bytes:
     return head.encode() + body
 
 
-def _run(coro):
+def run_loop(coro):
     if uvloop is not None:
         return uvloop.run(coro)
     return asyncio.run(coro)
@@ -163,7 +163,7 @@ def _run(coro):
 
 
 def python_saturate(target: Target, body: bytes, *, connections: int, seconds: float) -> dict:
-    return _run(_python_saturate(target, body, connections, seconds))
+    return run_loop(_python_saturate(target, body, connections, seconds))
 
 
 async def _python_saturate(target: Target, body: bytes, connections: int, seconds: float) -> dict:
@@ -173,7 +173,7 @@ async def _python_saturate(target: Target, body: bytes, connections: int, second
     deadline = start + seconds
 
     async def client() -> None:
-        conn = await _Connection.open(target)
+        conn = await Connection.open(target)
         try:
             while time.perf_counter() < deadline:
                 status = await asyncio.wait_for(conn.exchange(request), 5)
@@ -219,19 +219,19 @@ class OpenLoopResult:
             "accepted": self.accepted,
             "non_2xx": self.non_2xx,
             "errors": self.errors,
-            "p50_ms": _pct(lat, 50) * 1e3,
-            "p90_ms": _pct(lat, 90) * 1e3,
-            "p99_ms": _pct(lat, 99) * 1e3,
-            "p999_ms": _pct(lat, 99.9) * 1e3,
+            "p50_ms": percentile(lat, 50) * 1e3,
+            "p90_ms": percentile(lat, 90) * 1e3,
+            "p99_ms": percentile(lat, 99) * 1e3,
+            "p999_ms": percentile(lat, 99.9) * 1e3,
             "max_ms": (lat[-1] if lat else float("nan")) * 1e3,
             "mean_ms": (statistics.fmean(lat) if lat else float("nan")) * 1e3,
             # How late the generator itself was in sending: already inside the latencies,
             # shown so a busy generator can be told apart from a slow server.
-            "send_lag_p99_ms": _pct(lags, 99) * 1e3,
+            "send_lag_p99_ms": percentile(lags, 99) * 1e3,
         }
 
 
-def _pct(sorted_values: list[float], p: float) -> float:
+def percentile(sorted_values: list[float], p: float) -> float:
     if not sorted_values:
         return float("nan")
     k = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values) + 0.5) - 1))
@@ -254,15 +254,15 @@ def open_loop(
     opened up front; a request whose time has come waits for a free one, and that
     wait counts in its latency. Every request is bounded by ``timeout``.
     """
-    return _run(_open_loop(target, body_for, rate, seconds, warmup, connections, timeout))
+    return run_loop(_open_loop(target, body_for, rate, seconds, warmup, connections, timeout))
 
 
 async def _open_loop(target, body_for, rate, seconds, warmup, connections, timeout):
     loop = asyncio.get_running_loop()
     # Not loop.time(): uvloop's clock has millisecond steps and is cached per loop turn.
     clock = time.perf_counter
-    idle: asyncio.Queue[_Connection | None] = asyncio.Queue()
-    for conn in await asyncio.gather(*(_Connection.open(target) for _ in range(connections))):
+    idle: asyncio.Queue[Connection | None] = asyncio.Queue()
+    for conn in await asyncio.gather(*(Connection.open(target) for _ in range(connections))):
         idle.put_nowait(conn)
     result = OpenLoopResult(rate=rate, seconds=seconds)
     total = int(rate * (warmup + seconds))
@@ -276,7 +276,7 @@ async def _open_loop(target, body_for, rate, seconds, warmup, connections, timeo
         sent_at = clock()
         try:
             if conn is None:
-                conn = await _Connection.open(target)
+                conn = await Connection.open(target)
             status = await asyncio.wait_for(conn.exchange(request), timeout)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             result.errors += 1

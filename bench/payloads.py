@@ -16,9 +16,17 @@ _SEVERITIES = ("critical", "warning", "error", "info")
 
 
 def alertmanager_payload(
-    n_alerts: int, *, receiver: str = "bench", group: str = "000000000000"
+    n_alerts: int,
+    *,
+    receiver: str = "bench",
+    group: str = "000000000000",
+    severities: tuple[str, ...] = _SEVERITIES,
 ) -> dict[str, Any]:
-    """One notification for group ``group`` of ``n_alerts`` firing alerts."""
+    """One notification for group ``group`` of ``n_alerts`` firing alerts.
+
+    Alert i has ``severity=severities[i % len(severities)]``; with the default
+    rules any ``critical`` one makes the incident SEV1 (``env="prod"``).
+    """
     alerts = []
     for i in range(n_alerts):
         labels = {
@@ -27,7 +35,7 @@ def alertmanager_payload(
             "instance": f"10.0.{i // 256}.{i % 256}:9100",
             "job": "node",
             "env": "prod",
-            "severity": _SEVERITIES[i % len(_SEVERITIES)],
+            "severity": severities[i % len(severities)],
         }
         alerts.append(
             {
@@ -68,19 +76,40 @@ def alertmanager_payload(
     }
 
 
-def body(n_alerts: int, *, receiver: str = "bench", group: str = "000000000000") -> bytes:
-    return orjson.dumps(alertmanager_payload(n_alerts, receiver=receiver, group=group))
+def body(
+    n_alerts: int,
+    *,
+    receiver: str = "bench",
+    group: str = "000000000000",
+    severities: tuple[str, ...] = _SEVERITIES,
+) -> bytes:
+    return orjson.dumps(
+        alertmanager_payload(n_alerts, receiver=receiver, group=group, severities=severities)
+    )
 
 
 class GroupBodies:
     """Bodies for distinct groups: the i-th call's group id is ``{prefix}{i}`` in hex."""
 
-    def __init__(self, n_alerts: int, receiver: str, prefix: int = 0) -> None:
-        self._template = body(n_alerts, receiver=receiver, group=GROUP_SLOT.decode())
+    def __init__(
+        self,
+        n_alerts: int,
+        receiver: str,
+        prefix: int = 0,
+        *,
+        severities: tuple[str, ...] = _SEVERITIES,
+    ) -> None:
+        self._template = body(
+            n_alerts, receiver=receiver, group=GROUP_SLOT.decode(), severities=severities
+        )
         self._prefix = prefix << 32
 
     def __call__(self, i: int) -> bytes:
-        return self._template.replace(GROUP_SLOT, b"%012x" % (self._prefix | i))
+        return self._template.replace(GROUP_SLOT, self.group(i).encode())
+
+    def group(self, i: int) -> str:
+        """The i-th body's group id: its service label is ``svc-{group}``, in the title too."""
+        return "%012x" % (self._prefix | i)
 
     def payload(self, i: int) -> dict[str, Any]:
         return orjson.loads(self(i))

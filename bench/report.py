@@ -170,6 +170,40 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                 "",
             )
         )
+    paging = results.get("paging")
+    if paging:
+        for run in paging["runs"]:
+            workers = " + ".join(
+                f"c={w['concurrency']}" + ("" if w["queues"] == "default" else f" -Q {w['queues']}")
+                for w in run["workers"]
+            )
+            name = f"paging {run['layout']} (worker {workers})"
+            bg = run["background"]
+            out.append(
+                (
+                    f"{name}: SEV1 POST -> PD trigger p50/p99 under "
+                    f"{bg['offered_alerts_per_s']:.0f} alerts/s",
+                    f"{run['p50_ms']:.0f} / {run['p99_ms']:.0f} ms (max {run['max_ms']:.0f}, "
+                    f"n={run['sev1_paged']}/{run['sev1_sent']}, missing {run['sev1_missing']}, "
+                    f"gen lag p99 {run['gen_lag_p99_ms']:.1f})",
+                    f"p99 < {run['target_p99_ms']:.0f} ms",
+                    _verdict(run["target_met"]),
+                )
+            )
+            st = run["stages_ms"]
+            q = run["queues"]
+            out.append(
+                (
+                    f"{name}: stages p50/p99",
+                    f"to ingest {st['to_ingest']['p50']:.0f}/{st['to_ingest']['p99']:.0f}, "
+                    f"to claim {st['to_claim']['p50']:.0f}/{st['to_claim']['p99']:.0f}, "
+                    f"to PD {st['to_pagerduty']['p50']:.0f}/{st['to_pagerduty']['p99']:.0f} ms; "
+                    f"LLEN max ingest {q['ingest']['max']}, page {q['page']['max']}, "
+                    f"notify {q['notify']['max']}",
+                    "",
+                    "",
+                )
+            )
     for name, cpu in results.get("cpu_during", {}).items():
         if cpu.get("other_cores") is not None:
             out.append(
@@ -198,6 +232,39 @@ def table(results: dict) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    """The headline table as Markdown, with the machine it ran on, for the README."""
+    data = [("measure", "value", "target", "verdict"), *rows(results)]
+    lines = ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in data]
+    lines.insert(1, "|---|---|---|---|")
+    return "\n".join([*lines, "", machine_line(results)])
+
+
+def _md_cell(cell: str) -> str:
+    return cell.replace("|", "\\|")
+
+
+def machine_line(results: dict) -> str:
+    m, config = results["machine"], results.get("config", {})
+    commit = m.get("git_commit") or "unknown commit"
+    if m.get("git_uncommitted_changes"):
+        commit += " + uncommitted changes"
+    runtime = f", bench runtime {results['runtime_s']:.0f} s" if "runtime_s" in results else ""
+    mode = " (--quick)" if config.get("quick") else ""
+    return (
+        f"Machine: {m['cores']} cores {m['cpu_model'] or 'unknown CPU'}, Python {m['python']}, "
+        f"{m['platform']}; {commit}; {m['date']}{runtime}{mode}; loadavg at start "
+        f"{m['loadavg_at_start'][0]:.2f}."
+    )
+
+
+def write_markdown(results: dict, name: str) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    path.write_text(markdown(results) + "\n")
+    return path
 
 
 def write(results: dict, name: str) -> Path:

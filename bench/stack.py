@@ -28,6 +28,16 @@ API_TOKEN = "bench-api-token-71c4"
 RUN_MARKER = "INCIDENT_BENCH_RUN"
 # Kombu's Redis transport keeps a delivered, unacknowledged message in these.
 BROKER_KEYS = ("ingest", "unacked", "unacked_index")
+# Every queue `incident worker` consumes by default (incident.worker.routes.QUEUES).
+ALL_QUEUE_KEYS = (
+    "ingest",
+    "page",
+    "notify",
+    "remediate",
+    "maintenance",
+    "unacked",
+    "unacked_index",
+)
 
 
 class Stack:
@@ -96,16 +106,29 @@ class Stack:
         self.children.append(api)
         return api
 
-    def worker(self, concurrency: int) -> Child:
+    def worker(
+        self, concurrency: int, *, queues: str | None = None, env: dict[str, str] | None = None
+    ) -> Child:
+        """``incident worker``: its default queues (all of them) unless ``queues`` names some."""
+        name = uuid.uuid4().hex[:6]
         argv = [
             sys.executable, "-m", "incident", "worker",
             "--concurrency", str(concurrency), "--pool", "prefork",
-            "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h",
+            "--hostname", f"bench-{name}@%h",
             "--without-gossip", "--without-mingle", "--loglevel", self.log_level,
         ]  # fmt: skip
-        child = Child(argv, self.env(), self.workdir / f"worker-c{concurrency}.log")
+        if queues:
+            argv += ["--queues", queues]
+        child = Child(
+            argv, {**self.env(), **(env or {})}, self.workdir / f"worker-c{concurrency}-{name}.log"
+        )
+        child.node_prefix = f"bench-{name}@"  # its Celery node name, as `celery inspect` shows it
         self.children.append(child)
         return child
+
+    def purge_all_queues(self) -> None:
+        """Drop every Celery queue's messages, waiting or unacknowledged (no worker running)."""
+        self.redis().unlink(*ALL_QUEUE_KEYS)
 
     def stop(self) -> list[str]:
         """Stop everything; return a description of any process of this run still alive."""
@@ -126,6 +149,8 @@ class Stack:
 
 class Child:
     """A subprocess in its own process group, logging to a file."""
+
+    node_prefix = ""
 
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path

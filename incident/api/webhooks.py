@@ -14,6 +14,7 @@ from incident.alerts.identity import group_hash
 from incident.alerts.schemas import WebhookPayload
 from incident.api.auth import require_webhook_token
 from incident.api.errors import error_response, validation_fields
+from incident.incidents.ingest import ingest_queue
 from incident.incidents.tasks import ingest_webhook
 
 log = structlog.get_logger(__name__)
@@ -47,7 +48,7 @@ def _is_json(content_type: str) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
 
 
-def _enqueue(raw: dict, payload: WebhookPayload) -> None:
+def _enqueue(raw: dict, payload: WebhookPayload, queue: str) -> None:
     # Flower and task events show kwargsrepr, never the payload itself.
     summary = {
         "group": group_hash(payload.receiver, payload.group_key)[:16],
@@ -57,6 +58,7 @@ def _enqueue(raw: dict, payload: WebhookPayload) -> None:
     ingest_webhook.apply_async(
         kwargs={"payload": raw},
         kwargsrepr=repr(summary),
+        queue=queue,
         retry=True,
         retry_policy=_PUBLISH_RETRY,
     )
@@ -92,7 +94,8 @@ async def receive_alertmanager(request: Request) -> JSONResponse:
             422, "not an Alertmanager version 4 payload", fields=validation_fields(exc)
         )
     try:
-        await run_in_threadpool(_enqueue, raw, payload)
+        queue = ingest_queue(payload, request.app.state.rules)
+        await run_in_threadpool(_enqueue, raw, payload, queue)
     except (BrokerUnavailable, OSError) as exc:
         log.error("could not enqueue webhook", error=str(exc))
         return error_response(503, "could not enqueue durably; retry later")

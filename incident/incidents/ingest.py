@@ -13,8 +13,21 @@ from incident.incidents.digests import DigestCache
 from incident.incidents.grouping import GroupChange, NotificationIdentity, apply_notification
 from incident.notifications.planning import Channels
 from incident.rules import Rules
+from incident.worker.routes import INGEST, PAGE
 
 log = structlog.get_logger(__name__)
+
+
+def ingest_queue(payload: WebhookPayload, rules: Rules) -> str:
+    """The queue a webhook waits on: ``page`` when any of its alerts is SEV1/SEV2.
+
+    Severity is known only from the rules, so the receiver asks them before
+    queueing: otherwise a SEV1 would wait behind a storm of SEV4s in ``ingest``.
+    Resolved alerts count too, so every notification of an urgent group takes
+    the same queue and its resolution cannot overtake its firing.
+    """
+    urgent = any(rules.classify(alert.labels).rank <= 2 for alert in payload.alerts)
+    return PAGE if urgent else INGEST
 
 
 def ingest_payload(

@@ -147,3 +147,18 @@ def test_unauthenticated_webhooks_need_an_explicit_opt_out(clean_state, redis_cl
         )
     assert response.status_code == 202
     assert len(queued(redis_client)) == 1
+
+
+def test_an_urgent_group_is_queued_for_paging_ahead_of_the_backlog(
+    client, webhook_headers, redis_client
+):
+    calm = payload(alert(severity="info"), group_labels={"g": "calm"})
+    urgent = payload(alert(severity="info", instance="a"), alert(severity="critical", instance="b"),
+                     group_labels={"g": "urgent"})
+    resolved_urgent = payload(alert("resolved", severity="critical"), group_labels={"g": "urgent"})
+    for body in (calm, urgent, resolved_urgent):
+        assert client.post(URL, content=orjson.dumps(body), headers=webhook_headers).status_code == 202
+    assert len(queued(redis_client)) == 1  # ingest
+    paged = [json.loads(m) for m in redis_client.lrange("page", 0, -1)]
+    assert len(paged) == 2
+    assert {m["headers"]["task"] for m in paged} == {"incident.incidents.ingest_webhook"}
