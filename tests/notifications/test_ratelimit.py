@@ -12,7 +12,7 @@ from incident.notifications.ratelimit import TokenBucket
 
 @pytest.mark.usefixtures("clean_state")
 def test_a_burst_then_one_token_per_second(redis_client):
-    bucket = TokenBucket(redis_client, rate=1.0, burst=3)
+    bucket = TokenBucket(redis_client, rate=1.0, burst=3, reserve=0)
     assert [bucket.take("C1") for _ in range(3)] == [0.0, 0.0, 0.0]
     wait = bucket.take("C1")
     assert 0.9 < wait <= 1.0
@@ -21,7 +21,7 @@ def test_a_burst_then_one_token_per_second(redis_client):
 
 @pytest.mark.usefixtures("clean_state")
 def test_concurrent_takers_never_get_more_than_the_bucket_allows(redis_client):
-    bucket = TokenBucket(redis_client, rate=2.0, burst=3)
+    bucket = TokenBucket(redis_client, rate=2.0, burst=3, reserve=0)
     granted: list[float] = []
     lock = threading.Lock()
     start = time.monotonic()
@@ -41,3 +41,12 @@ def test_concurrent_takers_never_get_more_than_the_bucket_allows(redis_client):
         t.join()
     # burst + rate * elapsed, with one token of slack for clock rounding.
     assert 3 + 2.0 * 2.0 - 1 <= len(granted) <= 3 + 2.0 * 2.0 + 1
+
+
+@pytest.mark.usefixtures("clean_state")
+def test_ordinary_messages_leave_a_token_for_pages(redis_client):
+    bucket = TokenBucket(redis_client, rate=1.0, burst=3, reserve=1)
+    assert [bucket.take("C") for _ in range(2)] == [0.0, 0.0]
+    assert bucket.take("C") > 0  # the last token is kept back ...
+    assert bucket.take("C", priority=True) == 0.0  # ... for a page
+    assert bucket.take("C", priority=True) > 0
