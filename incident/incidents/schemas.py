@@ -42,6 +42,7 @@ class NotificationOut(_Out):
     status: str
     external_id: str | None
     at: datetime
+    last_error: str | None = None
 
     @field_validator("status")
     @classmethod

@@ -27,17 +27,25 @@ class DeliveryError(Exception):
     ``retryable`` says whether trying again later can succeed; ``retry_after``
     (seconds) is the service's own hint, set for rate limits. ``code`` is the
     service's error string (Slack's ``channel_not_found``) or HTTP status, when
-    there is one. Messages never carry a token or routing key.
+    there is one. ``maybe_delivered`` is set when no answer came back (a
+    timeout, a dropped connection): the service may have acted, so a retry
+    must look before it sends again. Messages never carry a token or routing key.
     """
 
     retryable: bool = False
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, code: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        code: str | None = None,
+        maybe_delivered: bool = False,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.code = code
+        self.maybe_delivered = maybe_delivered
 
 
 class RateLimited(DeliveryError):

@@ -104,6 +104,7 @@ class PagerDutyNotifier:
                 raise TransientDeliveryError(
                     f"PagerDuty {action}: {type(cause).__name__}: {cause}",
                     code=type(cause).__name__,
+                    maybe_delivered=True,
                 ) from cause
             raise PermanentDeliveryError(f"PagerDuty {action}: {exc}") from None
 

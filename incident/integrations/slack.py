@@ -187,7 +187,9 @@ class SlackNotifier:
             # urllib's URLError, socket timeouts, refused connections and TLS
             # failures are all OSErrors; a half-read answer is an HTTPException.
             raise TransientDeliveryError(
-                f"Slack {method}: {type(exc).__name__}: {exc}", code=type(exc).__name__
+                f"Slack {method}: {type(exc).__name__}: {exc}",
+                code=type(exc).__name__,
+                maybe_delivered=True,
             ) from exc
 
 

@@ -41,10 +41,18 @@ class Outcome(StrEnum):
 
 
 class RetryLater(Exception):
-    def __init__(self, countdown: float, reason: str) -> None:
+    """Try again after ``countdown`` seconds (0: the task's own backoff).
+
+    ``counts`` is False for waits that are not failures (the channel's rate
+    limit, a parent message still on its way): those must not use up the
+    retries a real failure is allowed.
+    """
+
+    def __init__(self, countdown: float, reason: str, *, counts: bool = True) -> None:
         super().__init__(reason)
         self.countdown = countdown
         self.reason = reason
+        self.counts = counts
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,12 @@ def deliver(
         raise
     except DeliveryError as exc:
         if exc.retryable:
-            _release(claim.id, task_id, error=str(exc))
+            if exc.maybe_delivered:
+                # Keep the claim: the retry runs under this task id, finds the
+                # row still ``sending`` as its own, and looks before sending.
+                _note_error(claim.id, str(exc))
+            else:
+                _release(claim.id, task_id, error=str(exc))
             raise RetryLater(exc.retry_after or 0, str(exc)) from exc
         mark_failed(claim.id, str(exc))
         log.error("notification failed", notification_id=claim.id, error=str(exc))
@@ -107,7 +120,7 @@ def _claim(
     if row.channel == Channel.SLACK and row.action != Action.TRIGGER:
         parent = _slack_parent(session, row.incident_id)
         if parent is None or parent.status in (DeliveryStatus.PENDING, DeliveryStatus.SENDING):
-            raise RetryLater(2, "the Slack parent message is not posted yet")
+            raise RetryLater(2, "the Slack parent message is not posted yet", counts=False)
         if parent.status == DeliveryStatus.FAILED:
             row.status = DeliveryStatus.FAILED
             row.last_error = "the Slack parent message could not be posted"
@@ -167,28 +180,33 @@ def _send_pagerduty(claim: Claim, notifiers: Notifiers) -> str:
 def _send_slack(claim: Claim, notifiers: Notifiers) -> str:
     slack = notifiers.require_slack()
     channel = claim.target or notifiers.default_slack_channel
+    parent_ts = claim.parent_ts or ""
+    if claim.action is not Action.TRIGGER and not parent_ts.startswith(DIGEST_PREFIX) and (
+        claim.kind in EDITS_PARENT or claim.action in (Action.ACKNOWLEDGE, Action.RESOLVE)
+    ):
+        # An edit is not a post: Slack limits chat.update apart from the
+        # channel's one message a second, so the parent always shows the
+        # current state even when the thread reply below joins a digest.
+        # Editing twice after a crash is harmless.
+        slack.update_parent(channel, parent_ts, claim.view)
     if claim.recovering:
-        thread = _thread_of(claim.parent_ts)
         oldest = (claim.claimed_at - timedelta(minutes=1)).timestamp()
-        found = slack.find_posted(channel, ledger_id=claim.id, thread_ts=thread, oldest=oldest)
+        found = slack.find_posted(
+            channel, ledger_id=claim.id, thread_ts=_thread_of(claim.parent_ts), oldest=oldest
+        )
         if found is not None:
             log.info("already posted before a crash; not posting again", notification_id=claim.id)
             return found
-    wait = notifiers.slack_bucket.take(channel)
+    wait = notifiers.slack_bucket.take(channel, priority=claim.priority)
     if wait > 0:
         if claim.priority:
-            # Pages never join a digest: they come back for the next token,
-            # from the page queue, ahead of everything the storm queued.
-            raise RetryLater(wait, "Slack channel rate limit")
+            # Pages never join a digest, and the bucket keeps a token back for
+            # them: they come back for it without using up their retries.
+            raise RetryLater(wait, "Slack channel rate limit", counts=False)
         notifiers.digests.add(channel, claim.id)
         raise _Coalesced
     if claim.action is Action.TRIGGER:
         return slack.post_parent(channel, claim.view, ledger_id=claim.id)
-    parent_ts = claim.parent_ts or ""
-    if not parent_ts.startswith(DIGEST_PREFIX) and (
-        claim.kind in EDITS_PARENT or claim.action in (Action.ACKNOWLEDGE, Action.RESOLVE)
-    ):
-        slack.update_parent(channel, parent_ts, claim.view)
     return slack.reply(channel, _thread_of(parent_ts), claim.text or "", ledger_id=claim.id)
 
 
@@ -207,6 +225,13 @@ def _release(notification_id: int, task_id: str, *, error: str | None) -> None:
             row.claimed_by = None
             if error:
                 row.last_error = error
+
+
+def _note_error(notification_id: int, error: str) -> None:
+    with session_scope() as session:
+        row = session.get(Notification, notification_id, with_for_update=True)
+        if row is not None:
+            row.last_error = error
 
 
 def mark_failed(notification_id: int, error: str) -> None:

@@ -29,6 +29,7 @@ from incident.worker.routes import NOTIFY, PAGE
 log = structlog.get_logger(__name__)
 
 BACKOFF_CAP = 60.0
+WAIT_LIMIT = 300
 SWEEP_AFTER = timedelta(minutes=2)
 
 
@@ -83,6 +84,9 @@ def deliver_notification(self, *, notification_id: int) -> str:
         delivery.mark_failed(notification_id, str(exc))
         return delivery.Outcome.FAILED
     except delivery.RetryLater as exc:
+        if not exc.counts:
+            # Bounded all the same: about ten minutes of waiting at most.
+            raise self.retry(countdown=exc.countdown, max_retries=WAIT_LIMIT) from None
         if self.request.retries >= self.max_retries:
             delivery.mark_failed(notification_id, f"gave up after {self.request.retries + 1} attempts: {exc.reason}")
             return delivery.Outcome.FAILED
