@@ -8,20 +8,15 @@ import redis
 import structlog
 from sqlalchemy.exc import OperationalError
 
-from incident.config import get_settings
 from incident.incidents import deadletters
 from incident.incidents.digests import DigestCache
 from incident.incidents.ingest import ingest_payload
-from incident.rules import Rules, load_rules
 from incident.sharedstate import get_redis
+from incident.notifications.tasks import channels, enqueue_deliveries
 from incident.worker import app
+from incident.worker.app import worker_rules
 
 log = structlog.get_logger(__name__)
-
-
-@lru_cache(maxsize=1)
-def worker_rules() -> Rules:
-    return load_rules(get_settings().rules_file)
 
 
 @lru_cache(maxsize=1)
@@ -50,8 +45,6 @@ def _park_after_last_retry(task, exc, task_id, args, kwargs, einfo) -> None:
     time_limit=90,
 )
 def ingest_webhook(*, payload: dict) -> int | None:
-    from incident.notifications.tasks import channels, enqueue_deliveries
-
     change = ingest_payload(
         payload, rules=worker_rules(), digests=digest_cache(),
         channels=channels(), after_commit=enqueue_deliveries,

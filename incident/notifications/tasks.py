@@ -21,9 +21,9 @@ from incident.notifications.models import DeliveryStatus, Notification
 from incident.notifications.notifiers import NotConfigured, Notifiers
 from incident.notifications.planning import Channels
 from incident.notifications.ratelimit import TokenBucket
-from incident.rules import Rules, load_rules
 from incident.sharedstate import get_redis
 from incident.worker import app
+from incident.worker.app import worker_rules
 from incident.worker.routes import NOTIFY, PAGE
 
 log = structlog.get_logger(__name__)
@@ -41,11 +41,6 @@ def notifiers() -> Notifiers:
         bucket=TokenBucket(client),
         digests=SlackDigests(client, _schedule_digest_flush),
     )
-
-
-@lru_cache(maxsize=1)
-def _rules() -> Rules:
-    return load_rules(get_settings().rules_file)
 
 
 def channels() -> Channels:
@@ -130,8 +125,8 @@ def fire_escalations() -> int:
     now = datetime.now(UTC)
     created: list[tuple[int, bool]] = []
     with session_scope() as session:
-        for incident, entries in timers.fire_due(session, _rules(), now):
-            created += record_notifications(session, incident, entries, _rules(), channels(), now)
+        for incident, entries in timers.fire_due(session, worker_rules(), now):
+            created += record_notifications(session, incident, entries, worker_rules(), channels(), now)
     enqueue_deliveries(created)
     return len(created)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 
 from incident.config import Settings, get_settings
+from incident.rules import Rules, load_rules
 from incident.logging import install_celery_logging
 from incident.worker.routes import INGEST, TASK_ROUTES, task_queues
 from incident.worker.transport import TRANSPORT as REDIS_TRANSPORT
@@ -49,6 +51,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "timezone": "UTC",
     }
+
+
+@lru_cache(maxsize=1)
+def worker_rules() -> Rules:
+    """The rules file every task of this process reads, loaded once (restart to reload)."""
+    return load_rules(get_settings().rules_file)
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
