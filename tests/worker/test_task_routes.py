@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from incident.worker import app
 from incident.worker.routes import QUEUES, TASK_ROUTES
+
+# Celery's configuration is read from the environment, once: it must be the test one.
+pytestmark = pytest.mark.usefixtures("incident_environment")
 
 
 def our_tasks() -> dict:
