@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+import yaml
 from pydantic import ValidationError
 
 from incident.alerts.schemas import WebhookPayload
+from incident.remediation.actions import describe
+from incident.remediation.python_action import find_entry_point, missing_entry_point_message
 from incident.rules.durations import format_duration
 from incident.rules.escalation import EscalationPolicy
 from incident.rules.loader import RulesError, format_location, load_rules
@@ -43,12 +46,57 @@ def check(path: Path | None, out: TextIO | None = None, err: TextIO | None = Non
     except RulesError as error:
         print(error, file=err)
         return 1
+    # Not part of validation: every process loads the rules, and one without
+    # the plugin installed (the receiver) must still start. The workers must have it.
+    missing = _missing_entry_points(rules, path)
+    if missing:
+        print("\n".join(missing), file=err)
+        return 1
     print(
         f"OK: {path if path is not None else BUILT_IN}: "
         f"{len(rules.severity.rules)} severity rules, {len(rules.remediations)} remediations",
         file=out,
     )
     return 0
+
+
+def _missing_entry_points(rules: Rules, path: Path | None) -> list[str]:
+    problems = []
+    for index, rule in enumerate(rules.remediations):
+        if isinstance(rule, PythonRemediation) and find_entry_point(rule.with_.function) is None:
+            location = ("remediations", index, "with", "function")
+            problems.append(
+                f"{path}:{_line_of(path, location)}: {format_location(location)}: "
+                f"{missing_entry_point_message(rule.with_.function)}"
+            )
+    return problems
+
+
+def _line_of(path: Path | None, location: tuple[str | int, ...]) -> int | str:
+    """The line of ``location`` in a rules file that has already loaded without error."""
+    if path is None:
+        return "?"
+    node: yaml.Node | None = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    line = 1
+    for segment in location:
+        if isinstance(node, yaml.MappingNode):
+            # The last of equal keys wins, as when the file was loaded.
+            node = next(
+                (
+                    value
+                    for key, value in reversed(node.value)
+                    if isinstance(key, yaml.ScalarNode) and key.value == segment
+                ),
+                None,
+            )
+        elif isinstance(node, yaml.SequenceNode) and isinstance(segment, int):
+            node = node.value[segment] if segment < len(node.value) else None
+        else:
+            node = None
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
 
 
 def explain(
@@ -128,15 +176,19 @@ def assess(rules: Rules, payload: WebhookPayload) -> dict[str, Any]:
     severity = Severity.worst(
         Severity(alert["severity"]) for alert in alerts if alert["status"] == "firing"
     )
+    title = group_title(payload)
     # Remediations run per incident, so they are matched on the group's common
     # labels, the labels the incident carries.
     remediations = (
-        [_remediation_data(rule) for rule in rules.matching_remediations(payload.common_labels)]
+        [
+            _remediation_data(rule, payload.common_labels, title=title, severity=severity)
+            for rule in rules.matching_remediations(payload.common_labels)
+        ]
         if severity is not None
         else []
     )
     return {
-        "title": group_title(payload),
+        "title": title,
         "severity": severity.value if severity is not None else None,
         "alerts": alerts,
         "remediations": remediations,
@@ -156,13 +208,18 @@ def group_title(payload: WebhookPayload) -> str:
     return " ".join(words) or payload.group_key
 
 
-def _remediation_data(rule: RemediationRule) -> dict[str, Any]:
+def _remediation_data(
+    rule: RemediationRule, labels: dict[str, str], *, title: str, severity: Severity
+) -> dict[str, Any]:
     return {
         "name": rule.name,
         "action": rule.action,
         "target": _action_target(rule),
         "on_failure": rule.on_failure,
         "attempts": rule.retry.attempts,
+        "run_on_reopen": rule.run_on_reopen,
+        # The incident's key, id and URL do not exist yet: they stay placeholders.
+        "request": describe(rule, labels, incident={"title": title, "severity": severity.value}),
     }
 
 
@@ -213,16 +270,39 @@ def _as_text(verdict: dict[str, Any]) -> str:
     lines.append(f"Incident severity: {severity} (worst of {firing} firing)")
     if verdict["remediations"]:
         lines.append("Remediations (matched on the group's common labels):")
-        lines += [
-            f"  {each['name']}  {each['action']}  {each['target']}  "
-            f"(attempts {each['attempts']}, on failure: {each['on_failure']})"
-            for each in verdict["remediations"]
-        ]
+        for each in verdict["remediations"]:
+            lines.append(
+                f"  {each['name']}  {each['action']}  {each['target']}  "
+                f"(attempts {each['attempts']}, on failure: {each['on_failure']})"
+            )
+            lines += [f"    {line}" for line in _request_lines(each["request"])]
     else:
         lines.append("Remediations: none match the group's common labels")
     lines.append(f"Escalation for {severity}:")
     lines += [f"  {line}" for line in _escalation_lines(verdict["escalation"])]
     return "\n".join(lines)
+
+
+def _request_lines(request: dict[str, Any]) -> list[str]:
+    if "error" in request:
+        return [f"would not run: {request['error']}"]
+    if "url" in request:
+        lines = [f"{request['method']} {request['url']}"]
+        lines += [f"{name}: {value}" for name, value in request["headers"].items()]
+        if request["body"] is not None:
+            lines.append(f"body: {json.dumps(request['body'], ensure_ascii=False)}")
+        return lines
+    if "argv" in request:
+        lines = [f"argv: {shlex.join(request['argv'])}"]
+        lines += [f"env: {name}={value}" for name, value in request["env"].items()]
+        if "cwd" in request:
+            lines.append(f"cwd: {request['cwd']}")
+        return lines
+    target = request["entry_point"] or "NOT INSTALLED"
+    lines = [f"function: {request['function']} ({target})"]
+    if request["params"]:
+        lines.append(f"params: {json.dumps(request['params'], ensure_ascii=False)}")
+    return lines
 
 
 def _escalation_lines(escalation: dict[str, Any]) -> list[str]:

@@ -7,13 +7,21 @@ read, since the remediation engine owns their meaning.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
+from incident.remediation.templates import (
+    ENV_NAME,
+    TemplateError,
+    check_template,
+    has_placeholders,
+)
+from incident.rules.durations import format_duration
 from incident.rules.matchers import matches_all
 from incident.rules.schema_types import (
     Duration,
@@ -42,24 +50,86 @@ class RetryPolicy(StrictModel):
         return self
 
 
+# Celery's time limits sit a little above an attempt's timeout, and they must
+# stay well under the broker's 4 h visibility timeout, or a slow attempt is
+# delivered to a second worker while the first still runs it.
+MAX_ACTION_TIMEOUT = timedelta(hours=1)
+
+# RFC 9110 token characters.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# The client sets these from the URL and the body; a rule setting them could
+# send the request to another virtual host or desynchronise the connection.
+_CLIENT_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+def _at_most_an_hour(timeout: timedelta) -> timedelta:
+    if timeout > MAX_ACTION_TIMEOUT:
+        raise rule_error(f"timeout must be at most 1h, got {format_duration(timeout)}")
+    return timeout
+
+
+ActionTimeout = Annotated[Duration, AfterValidator(_at_most_an_hour)]
+
+
+def _template_checker(*, allow_env: bool) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        try:
+            return check_template(text, allow_env=allow_env)
+        except TemplateError as error:
+            raise rule_error(str(error)) from None
+
+    return check
+
+
+# `{env.NAME}` only where the value is neither logged nor shown: headers and a command's env.
+Template = Annotated[str, Field(strict=True), AfterValidator(_template_checker(allow_env=False))]
+SecretTemplate = Annotated[
+    str, Field(strict=True), AfterValidator(_template_checker(allow_env=True))
+]
+
+
+def _check_env_name(name: str) -> str:
+    if not ENV_NAME.fullmatch(name):
+        raise rule_error(f"{name!r} is not a valid environment variable name")
+    return name
+
+
+def _check_header_name(name: str) -> str:
+    if not _HEADER_NAME.fullmatch(name):
+        raise rule_error(f"{name!r} is not a valid HTTP header name")
+    if name.lower() in _CLIENT_HEADERS:
+        raise rule_error(f"header {name!r} is set by the client from the url and body")
+    return name
+
+
+EnvName = Annotated[str, Field(strict=True), AfterValidator(_check_env_name)]
+HeaderName = Annotated[str, Field(strict=True), AfterValidator(_check_header_name)]
+
+
 class CircuitBreakerPolicy(StrictModel):
     """Opens after ``failure_threshold`` consecutive failures, shared by every worker."""
 
     failure_threshold: PositiveInt = 3
     reset_after: Duration = timedelta(minutes=5)
+    # A template such as "{labels.cluster}": one breaker per rendered value.
     # None: one breaker per remediation name.
-    key: NonEmptyStr | None = None
+    key: Annotated[NonEmptyStr, AfterValidator(_template_checker(allow_env=False))] | None = None
 
 
 class _ActionSettings(StrictModel):
     model_config = ConfigDict(extra="allow")
 
+    # None: the remediation engine's default.
+    timeout: ActionTimeout | None = None
+
 
 class HttpActionSettings(_ActionSettings):
-    url: NonEmptyStr
+    url: Annotated[NonEmptyStr, AfterValidator(_template_checker(allow_env=False))]
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
-    # None: the remediation engine's default.
-    timeout: Duration | None = None
+    headers: dict[HeaderName, SecretTemplate] = Field(default_factory=dict)
+    # Any JSON value, its strings templates. Absent: a JSON summary of the
+    # incident for methods that carry a body; null: no body at all.
+    body: Any = None
 
     @field_validator("url")
     @classmethod
@@ -73,15 +143,72 @@ class HttpActionSettings(_ActionSettings):
             raise rule_error(f"the host of url must be fixed, not a placeholder: {parts.netloc!r}")
         return url
 
+    @field_validator("body")
+    @classmethod
+    def _body_is_json(cls, body: Any) -> Any:
+        _check_json(body, ())
+        return body
+
+    @property
+    def has_body(self) -> bool:
+        """Whether the rule wrote ``body:``, even as null."""
+        return "body" in self.model_fields_set
+
+
+def _check_json(value: Any, at: tuple[str | int, ...]) -> None:
+    if isinstance(value, str):
+        try:
+            check_template(value)
+        except TemplateError as error:
+            raise rule_error(str(error), at=at) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise rule_error(f"a JSON object key must be a string, got {key!r}", at=at)
+            _check_json(item, (*at, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, (*at, index))
+    elif not (value is None or isinstance(value, bool | int | float)):
+        # YAML reads 2024-05-01 as a date, which JSON has no type for.
+        raise rule_error(
+            f"body must hold JSON values only, got {type(value).__name__} {value!r}; quote it",
+            at=at,
+        )
+
 
 class CommandActionSettings(_ActionSettings):
     # An argv list and never a shell string, so label values cannot inject commands.
-    argv: Annotated[tuple[Annotated[str, Field(strict=True)], ...], Field(min_length=1)]
-    timeout: Duration | None = None
+    argv: Annotated[tuple[Template, ...], Field(min_length=1)]
+    # The command's environment besides the few variables it always gets; the
+    # worker's own environment holds secrets and is not passed on.
+    env: dict[EnvName, SecretTemplate] = Field(default_factory=dict)
+    cwd: NonEmptyStr | None = None
+
+    @field_validator("argv")
+    @classmethod
+    def _program_is_fixed(cls, argv: tuple[str, ...]) -> tuple[str, ...]:
+        # As with a URL's host: a label may fill arguments, never choose the program.
+        if has_placeholders(argv[0]):
+            raise rule_error(
+                f"the program, argv[0], must be fixed, not a placeholder: {argv[0]!r}", at=(0,)
+            )
+        return argv
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd_is_absolute(cls, cwd: str | None) -> str | None:
+        # A relative directory would depend on where the worker was started.
+        if cwd is not None and not cwd.startswith("/"):
+            raise rule_error(f"cwd must be an absolute path, got {cwd!r}")
+        return cwd
 
 
 class PythonActionSettings(_ActionSettings):
-    # The name of an entry point in the `incident.remediations` group.
+    # The name of an entry point in the `incident.remediations` group. Whether
+    # it is installed is checked by `incident rules check`, not here: every
+    # process loads the rules, and a receiver without the plugin installed
+    # must still accept alerts.
     function: NonEmptyStr
 
 
@@ -94,6 +221,8 @@ class RemediationRule(StrictModel):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     circuit_breaker: CircuitBreakerPolicy = Field(default_factory=CircuitBreakerPolicy)
     on_failure: Literal["escalate", "notify", "ignore"] = "notify"
+    # Whether it runs again when its incident reopens, or only at the first opening.
+    run_on_reopen: Annotated[bool, Field(strict=True)] = False
     with_: _ActionSettings = Field(alias="with")
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -138,6 +267,7 @@ def check_unique_names(remediations: tuple[RemediationRule, ...]) -> None:
 
 __all__ = [
     "ACTIONS",
+    "MAX_ACTION_TIMEOUT",
     "AnyRemediation",
     "CircuitBreakerPolicy",
     "CommandActionSettings",

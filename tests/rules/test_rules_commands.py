@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from incident.rules.commands import check, explain
+from tests.remediation.plugins import install_plugin
 
 RULES = dedent(
     """\
@@ -62,6 +63,15 @@ def rules_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def flush_cache_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The python action RULES names, registered as a real entry point."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    source = "def flush(context):\n    return 'flushed'\n"
+    return install_plugin(plugins, monkeypatch, source, {"flush_cache": "flush"})
+
+
 def write_json(tmp_path: Path, document: Any) -> Path:
     path = tmp_path / "payload.json"
     path.write_text(json.dumps(document))
@@ -75,6 +85,7 @@ def run(command, *args: Any, **kwargs: Any) -> tuple[int, str, str]:
 
 
 class TestCheck:
+    @pytest.mark.usefixtures("flush_cache_installed")
     def test_valid_file(self, rules_file: Path) -> None:
         assert run(check, rules_file) == (
             0,
@@ -98,6 +109,29 @@ class TestCheck:
         code, out, err = run(check, path)
         assert (code, out) == (1, "")
         assert err.startswith(f"{path}:5: severity.rules[0].severity: must be one of 'SEV1'")
+
+    def test_a_python_function_that_is_not_installed_names_its_line(self, rules_file: Path) -> None:
+        code, out, err = run(check, rules_file)
+        assert (code, out) == (1, "")
+        assert err == (
+            f"{rules_file}:10: remediations[1].with.function: no entry point 'flush_cache' "
+            "is installed in group 'incident.remediations'\n"
+        )
+
+    def test_the_line_of_a_function_in_block_style(self, tmp_path: Path) -> None:
+        path = tmp_path / "rules.yaml"
+        path.write_text(
+            "remediations:\n"
+            "  - name: flush\n"
+            "    matchers: ['a=\"b\"']\n"
+            "    action: python\n"
+            "    with:\n"
+            "      pool: eu\n"
+            "      function: not_installed_4f0c\n"
+        )
+        code, _, err = run(check, path)
+        assert code == 1
+        assert err.startswith(f"{path}:7: remediations[0].with.function: no entry point ")
 
     def test_missing_file(self, tmp_path: Path) -> None:
         code, out, err = run(check, tmp_path / "absent.yaml")
@@ -129,6 +163,15 @@ class TestExplain:
             (
                 "  restart-api  http  POST http://deployer.internal/services/{labels.service}/restart"
                 "  (attempts 1, on failure: escalate)"
+            ),
+            "    POST http://deployer.internal/services/api/restart",
+            "    User-Agent: incident/0.1.0 remediation",
+            "    Content-Type: application/json",
+            (
+                '    body: {"remediation": "restart-api", "incident": {"id": "{incident.id}", '
+                '"key": "{incident.key}", "title": "HighErrorRate api", "severity": "SEV1", '
+                '"url": "{incident.url}", "labels": {"alertname": "HighErrorRate", '
+                '"service": "api"}}}'
             ),
             "Escalation for SEV1:",
             "  pagerduty: critical",
@@ -190,6 +233,26 @@ class TestExplain:
                     "target": "POST http://deployer.internal/services/{labels.service}/restart",
                     "on_failure": "escalate",
                     "attempts": 1,
+                    "run_on_reopen": False,
+                    "request": {
+                        "method": "POST",
+                        "url": "http://deployer.internal/services/api/restart",
+                        "headers": {
+                            "User-Agent": "incident/0.1.0 remediation",
+                            "Content-Type": "application/json",
+                        },
+                        "body": {
+                            "remediation": "restart-api",
+                            "incident": {
+                                "id": "{incident.id}",
+                                "key": "{incident.key}",
+                                "title": "HighErrorRate api",
+                                "severity": "SEV3",
+                                "url": "{incident.url}",
+                                "labels": {"alertname": "HighErrorRate", "service": "api"},
+                            },
+                        },
+                    },
                 }
             ],
             "escalation": {
@@ -244,3 +307,78 @@ class TestExplain:
         code, _, err = run(explain, rules, write_json(tmp_path, payload(alert("a", "firing"))))
         assert code == 1
         assert err.startswith(f"{rules}:2: escalation.SEV1.pagerduty: must be one of")
+
+
+class TestExplainShowsWhatWouldRun:
+    RULES = dedent(
+        """\
+        remediations:
+          - name: restart-api
+            matchers: ['service="api"']
+            action: http
+            with:
+              url: "http://deployer.internal/services/{labels.service}/restart"
+              method: PUT
+              headers: {Authorization: "Bearer {env.DEPLOY_TOKEN}"}
+              body: {service: "{labels.service}", reason: "{incident.title}"}
+          - name: scale
+            matchers: ['service="api"']
+            action: command
+            with:
+              argv: [kubectl, scale, "deploy/{labels.service}", "--replicas=4"]
+              env: {TOKEN: "{env.KUBE_TOKEN}"}
+          - name: flush
+            matchers: ['service="api"']
+            action: python
+            with: {function: flush_cache, pool: eu}
+          - name: reboot-host
+            matchers: ['service="api"']
+            action: command
+            with: {argv: [ssh, "{labels.instance}", reboot]}
+        """
+    )
+
+    def report(self, tmp_path: Path, **kwargs: Any) -> str:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(self.RULES)
+        document = payload(alert("3f1c", "firing", severity="critical"))
+        code, out, err = run(explain, rules, write_json(tmp_path, document), **kwargs)
+        assert (code, err) == (0, "")
+        return out
+
+    def test_text(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DEPLOY_TOKEN", "s3cret-deploy")
+        monkeypatch.setenv("KUBE_TOKEN", "s3cret-kube")
+        out = self.report(tmp_path)
+        assert "s3cret" not in out
+        assert "    PUT http://deployer.internal/services/api/restart\n" in out
+        assert "    Authorization: Bearer <from $DEPLOY_TOKEN>\n" in out
+        assert '    body: {"service": "api", "reason": "HighErrorRate api"}\n' in out
+        assert "    argv: kubectl scale deploy/api --replicas=4\n" in out
+        assert "    env: TOKEN=<from $KUBE_TOKEN>\n" in out
+        assert "    function: flush_cache (NOT INSTALLED)\n" in out
+        assert '    params: {"pool": "eu"}\n' in out
+        assert (
+            "    would not run: the incident has no label 'instance' (used as {labels.instance})\n"
+        ) in out
+
+    def test_json(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flush_cache_installed: str
+    ) -> None:
+        monkeypatch.setenv("DEPLOY_TOKEN", "s3cret-deploy")
+        out = self.report(tmp_path, as_json=True)
+        assert "s3cret" not in out
+        requests = [each["request"] for each in json.loads(out)["remediations"]]
+        assert requests[0]["headers"]["Authorization"] == "Bearer <from $DEPLOY_TOKEN>"
+        assert requests[1] == {
+            "argv": ["kubectl", "scale", "deploy/api", "--replicas=4"],
+            "env": {"TOKEN": "<from $KUBE_TOKEN>"},
+        }
+        assert requests[2] == {
+            "function": "flush_cache",
+            "params": {"pool": "eu"},
+            "entry_point": f"{flush_cache_installed}:flush",
+        }
+        assert requests[3] == {
+            "error": "the incident has no label 'instance' (used as {labels.instance})"
+        }

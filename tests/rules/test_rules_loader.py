@@ -153,8 +153,59 @@ class TestTypedValues:
         assert restart.on_failure == "escalate"
 
     def test_extra_action_settings_are_kept_for_the_action(self) -> None:
-        rules = parse_rules(REMEDIATION + "      headers: {X-Reason: incident}\n")
-        assert rules.remediations[0].with_.model_extra == {"headers": {"X-Reason": "incident"}}
+        rules = parse_rules(REMEDIATION + "      team: {name: sre}\n")
+        assert rules.remediations[0].with_.model_extra == {"team": {"name": "sre"}}
+
+    def test_http_headers_and_body(self) -> None:
+        rules = parse_rules(
+            REMEDIATION
+            + "      headers: {Authorization: 'Bearer {env.DEPLOY_TOKEN}', X-Service: '{labels.service}'}\n"
+            + "      body: {service: '{labels.service}', count: 2, tags: [a, '{{b}}'], none: null}\n"
+        )
+        settings = rules.remediations[0].with_
+        assert settings.headers == {
+            "Authorization": "Bearer {env.DEPLOY_TOKEN}",
+            "X-Service": "{labels.service}",
+        }
+        assert settings.body == {
+            "service": "{labels.service}",
+            "count": 2,
+            "tags": ["a", "{{b}}"],
+            "none": None,
+        }
+        assert settings.has_body
+
+    def test_a_body_may_be_null_which_differs_from_absent(self) -> None:
+        assert parse_rules(REMEDIATION + "      body: null\n").remediations[0].with_.has_body
+        assert not parse_rules(REMEDIATION).remediations[0].with_.has_body
+
+    def test_command_env_and_cwd(self) -> None:
+        rules = parse_rules(
+            dedent(
+                """\
+                remediations:
+                  - name: scale
+                    matchers: ['alertname="Saturated"']
+                    action: command
+                    with:
+                      argv: [kubectl, scale, "deploy/{labels.service}", --replicas=4]
+                      env: {KUBECONFIG: /etc/kube/config, TOKEN: "{env.KUBE_TOKEN}"}
+                      cwd: /srv/ops
+                      timeout: 1h
+                """
+            )
+        )
+        settings = rules.remediations[0].with_
+        assert settings.env == {"KUBECONFIG": "/etc/kube/config", "TOKEN": "{env.KUBE_TOKEN}"}
+        assert settings.cwd == "/srv/ops"
+        assert settings.timeout == timedelta(hours=1)
+
+    def test_run_on_reopen(self) -> None:
+        assert parse_rules(REMEDIATION).remediations[0].run_on_reopen is False
+        text = REMEDIATION.replace(
+            "    action: http\n", "    action: http\n    run_on_reopen: true\n"
+        )
+        assert parse_rules(text).remediations[0].run_on_reopen is True
 
     def test_command_and_python_actions(self) -> None:
         rules = parse_rules(
@@ -335,6 +386,25 @@ class TestErrorsNameTheLine:
             ("command", "{argv: []}", "with.argv", "at least 1"),
             ("command", "{argv: [echo, 3]}", "with.argv[1]", "string"),
             ("python", "{}", "with.function", "required"),
+            ("http", "{url: 'http://a/{labels.x-y}'}", "with.url", "'x-y' is not a valid label"),
+            ("http", "{url: 'http://a/{incident.status}'}", "with.url", "unknown placeholder"),
+            ("http", "{url: 'http://a/{labels.x'}", "with.url", "unbalanced '{'"),
+            ("http", "{url: 'http://a/?t={env.TOKEN}'}", "with.url", "only in http headers"),
+            ("http", "{url: 'http://a/', timeout: 2h}", "with.timeout", "at most 1h, got 2h"),
+            ("http", "{url: 'http://a/', headers: {Host: b}}", "with.headers.Host", "set by"),
+            ("http", "{url: 'http://a/', headers: {'X Y': b}}", "with.headers.X Y", "header name"),
+            ("http", "{url: 'http://a/', headers: {X-N: 5}}", "with.headers.X-N", "string"),
+            ("http", "{url: 'http://a/', headers: {X: '{env.}'}}", "with.headers.X", "variable"),
+            ("http", "{url: 'http://a/', body: {a: '{env.T}'}}", "with.body.a", "only in http"),
+            ("http", "{url: 'http://a/', body: [1, '{x}']}", "with.body[1]", "unknown placeholder"),
+            ("http", "{url: 'http://a/', body: {d: 2024-05-01}}", "with.body.d", "JSON values"),
+            ("command", "{argv: ['{labels.cmd}', x]}", "with.argv[0]", "must be fixed"),
+            ("command", "{argv: [echo, '{env.HOME}']}", "with.argv[1]", "only in http headers"),
+            ("command", "{argv: [echo], env: {1X: a}}", "with.env.1X", "variable name"),
+            ("command", "{argv: [echo], env: {X: '{labels}'}}", "with.env.X", "unknown placeh"),
+            ("command", "{argv: [echo], cwd: tmp}", "with.cwd", "absolute path"),
+            ("command", "{argv: [echo], timeout: 61m}", "with.timeout", "at most 1h"),
+            ("python", "{function: f, timeout: 1d}", "with.timeout", "at most 1h"),
         ],
     )
     def test_action_settings(self, action: str, settings: str, field: str, message: str) -> None:
@@ -362,6 +432,41 @@ class TestErrorsNameTheLine:
 
     def test_unknown_severity_in_escalation(self) -> None:
         assert_reported(rules_error("escalation:\n  SEV5: {}\n"), 2, "escalation.SEV5", "SEV4")
+
+    def test_template_errors_name_the_line_in_a_block(self) -> None:
+        error = rules_error(
+            """\
+            remediations:
+              - name: restart-api
+                matchers: ['service="api"']
+                action: http
+                with:
+                  url: "http://deployer.internal/restart"
+                  headers:
+                    X-Service: "{labels.service}"
+                    X-Token: "{secret.TOKEN}"
+                  body:
+                    service: "{labels.service}"
+                    why: "{incident.tittle}"
+            """
+        )
+        assert str(error).splitlines() == [
+            "rules.yaml:9: remediations[0].with.headers.X-Token: unknown placeholder "
+            "{secret.TOKEN} in '{secret.TOKEN}': use {labels.NAME}, {incident.key}, "
+            "{incident.id}, {incident.severity}, {incident.title}, {incident.url}, "
+            "{remediation.name}",
+            "rules.yaml:12: remediations[0].with.body.why: unknown placeholder "
+            "{incident.tittle} in '{incident.tittle}': use {labels.NAME}, {incident.key}, "
+            "{incident.id}, {incident.severity}, {incident.title}, {incident.url}, "
+            "{remediation.name}",
+        ]
+
+    def test_circuit_breaker_key_is_a_template(self) -> None:
+        text = REMEDIATION.replace(
+            "    action: http\n",
+            "    action: http\n    circuit_breaker: {key: '{labels.cluster'}\n",
+        )
+        assert_reported(rules_error(text), 5, "remediations[0].circuit_breaker.key", "unbalanced")
 
     @pytest.mark.parametrize(
         ("schedule", "message"),

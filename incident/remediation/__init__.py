@@ -1,0 +1,1 @@
+"""Remediation: actions, retry policy and the shared circuit breaker."""
