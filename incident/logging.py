@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -36,7 +37,8 @@ UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 # without touching anyone else's (pytest's capture handler, for one).
 _OUR_HANDLER = "_incident_logging_handler"
 
-_PROCESS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# What may name a process, and so its log file; log rotation matches file names by it.
+PROCESS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 _configured = False
 _celery_process = "worker"
@@ -141,6 +143,13 @@ def _timestamp_from_record(
     return event_dict
 
 
+def _add_pid(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    # Several processes append to one file (a worker and its pool children,
+    # uvicorn's workers); the pid tells their lines apart.
+    event_dict["pid"] = os.getpid()
+    return event_dict
+
+
 def _context_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -150,7 +159,7 @@ def _context_processors() -> list[Processor]:
 
 
 def _formatter(
-    renderer: Processor, scrubber: SecretScrubber
+    renderer: Processor, scrubber: SecretScrubber, *, with_pid: bool = False
 ) -> structlog.stdlib.ProcessorFormatter:
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
@@ -164,6 +173,7 @@ def _formatter(
             # Exceptions become text here so the scrubber sees the traceback.
             structlog.processors.format_exc_info,
             scrubber,
+            *([_add_pid] if with_pid else []),
             renderer,
         ],
     )
@@ -186,7 +196,7 @@ def configure_logging(settings: Settings, *, process: str) -> None:
     names the log file, ``{settings.log_dir}/{process}.log``.
     """
     global _configured
-    if not _PROCESS_NAME.fullmatch(process):
+    if not PROCESS_NAME.fullmatch(process):
         raise ValueError(f"process name {process!r} cannot name a log file")
     level = _level(settings.log_level)
     scrubber = SecretScrubber.from_settings(settings)
@@ -215,7 +225,9 @@ def configure_logging(settings: Settings, *, process: str) -> None:
         )
     else:
         stderr_renderer = json_renderer
-    stderr.setFormatter(_formatter(stderr_renderer, scrubber))
+    stderr.setFormatter(
+        _formatter(stderr_renderer, scrubber, with_pid=settings.log_format == "json")
+    )
     handlers: list[logging.Handler] = [stderr]
 
     if settings.log_dir is not None:
@@ -224,7 +236,7 @@ def configure_logging(settings: Settings, *, process: str) -> None:
         file_handler = logging.handlers.WatchedFileHandler(
             settings.log_dir / f"{process}.log", encoding="utf-8"
         )
-        file_handler.setFormatter(_formatter(json_renderer, scrubber))
+        file_handler.setFormatter(_formatter(json_renderer, scrubber, with_pid=True))
         handlers.append(file_handler)
 
     root = logging.getLogger()

@@ -1,7 +1,8 @@
 """Logging: one scrubbed pipeline for structlog and stdlib lines, on stderr and in files.
 
-Each test runs a short script in a fresh interpreter, because logging
-configuration is process-global and Celery and uvicorn change it too.
+Each test runs a short script, or a real `incident worker` / `incident beat`,
+in a fresh interpreter, because logging configuration is process-global and
+Celery and uvicorn change it too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import sys
 import textwrap
 from datetime import datetime, timedelta
 from pathlib import Path
+
+import pytest
+
+from tests.conftest import ChildProcess, WorkerProcess, wait_for
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -341,3 +346,88 @@ def test_celery_keeps_our_handlers_and_binds_the_running_task(tmp_path):
     # Celery's --loglevel WARNING does not silence the configured INFO.
     assert inside["level"] == "info"
     assert run.file_records("worker.log") == records
+
+
+def json_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def events(path: Path) -> list[str]:
+    return [r["event"] for r in json_lines(path)]
+
+
+@pytest.mark.timeout(120)
+def test_worker_and_its_pool_children_append_to_worker_log_and_follow_a_rotation(
+    incident_environment, clean_state, tmp_path
+):
+    from incident.worker import app
+
+    log_dir = tmp_path / "logs"
+    live, rotated = log_dir / "worker.log", log_dir / "worker.log.1"
+    env = {**incident_environment, "INCIDENT_LOG_DIR": str(log_dir)}
+    worker = WorkerProcess(env, tmp_path / "worker.out")
+    task = "incident.notifications.sweep_undelivered"
+
+    def finished(path: Path, task_id: str) -> bool:
+        return any(f"[{task_id}] succeeded" in event for event in events(path))
+
+    try:
+        worker.wait_ready()
+        first = app.send_task(task).id
+        wait_for(lambda: finished(live, first), what="the first task in worker.log")
+        os.rename(live, rotated)
+        second = app.send_task(task).id
+        wait_for(lambda: finished(live, second), what="the second task in a new worker.log")
+    finally:
+        worker.stop()
+
+    def pids(path: Path, task_id: str) -> dict[str, int]:
+        return {
+            ("received" if r["event"].endswith("received") else "succeeded"): r["pid"]
+            for r in json_lines(path)
+            if f"[{task_id}]" in r["event"]
+        }
+
+    main_pid = worker.proc.pid
+    assert any(e.endswith(" ready.") for e in events(rotated))
+    for path, task_id in ((rotated, first), (live, second)):
+        ran = pids(path, task_id)
+        # The main process receives a task; a prefork pool child runs it.
+        assert ran["received"] == main_pid
+        assert ran["succeeded"] != main_pid
+    assert pids(live, first) == {} and pids(rotated, second) == {}
+
+
+@pytest.mark.timeout(120)
+def test_beat_writes_beat_log_and_follows_a_rotation(incident_environment, redis_client, tmp_path):
+    log_dir = tmp_path / "logs"
+    live, rotated = log_dir / "beat.log", log_dir / "beat.log.1"
+    env = {
+        **incident_environment,
+        "INCIDENT_LOG_DIR": str(log_dir),
+        "INCIDENT_ESCALATION_POLL_SECONDS": "0.5",
+    }
+    beat = ChildProcess(
+        [sys.executable, "-m", "incident", "beat", "--schedule", str(tmp_path / "schedule")],
+        tmp_path / "beat.out",
+        env,
+    )
+    beat.name = "beat"
+
+    def sent_a_task(path: Path) -> bool:
+        beat.check_alive()
+        return any(e.startswith("Scheduler: Sending due task") for e in events(path))
+
+    try:
+        wait_for(lambda: sent_a_task(live), timeout=60, what="beat to send a task")
+        os.rename(live, rotated)
+        wait_for(lambda: sent_a_task(live), what="beat to write a new beat.log")
+    finally:
+        beat.stop()
+        # No worker runs here to drain what beat sent.
+        redis_client.flushdb()
+
+    assert "beat: Starting..." in events(rotated)
+    assert {r["pid"] for r in json_lines(rotated) + json_lines(live)} == {beat.proc.pid}
