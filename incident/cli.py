@@ -107,6 +107,14 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace) -> int:
+    from incident.maintenance import backup_commands
+
+    if args.backup_command == "create":
+        return backup_commands.create(backup_dir=args.backup_dir, keep=args.keep)
+    return backup_commands.verify(backup_dir=args.backup_dir, max_age=args.max_age, mode=args.mode)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="incident", description="Alertmanager webhooks in, incidents out."
@@ -149,6 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("payload", type=Path)
     test.add_argument("--json", action="store_true", help="print JSON instead of text")
     test.set_defaults(run=_rules_test)
+
+    backup = sub.add_parser("backup", help="make a database backup, or verify the newest, now")
+    backup_sub = backup.add_subparsers(dest="backup_command", required=True, metavar="COMMAND")
+    backup_create = backup_sub.add_parser(
+        "create", help="pg_dump into INCIDENT_BACKUP_DIR with a manifest; keep the newest"
+    )
+    backup_create.add_argument("--backup-dir", type=Path, help="default: INCIDENT_BACKUP_DIR")
+    backup_create.add_argument(
+        "--keep", type=int, help="backups to keep (default: maintenance.backup.keep)"
+    )
+    backup_create.set_defaults(run=_backup)
+    backup_verify = backup_sub.add_parser(
+        "verify", help="check the newest backup's age, checksum and readability, or restore it"
+    )
+    backup_verify.add_argument("--backup-dir", type=Path, help="default: INCIDENT_BACKUP_DIR")
+    backup_verify.add_argument(
+        "--max-age", metavar="DURATION", help="e.g. 26h (default: maintenance.backup.max_age)"
+    )
+    backup_verify.add_argument(
+        "--mode",
+        choices=["restore", "list"],
+        help="restore into a scratch database, or only pg_restore --list "
+        "(default: maintenance.backup.verify)",
+    )
+    backup_verify.set_defaults(run=_backup)
     return parser
 
 

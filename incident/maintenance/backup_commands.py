@@ -1,0 +1,118 @@
+"""``incident backup create`` and ``incident backup verify``, minus the argument parsing.
+
+Settings come from the environment and the rules file's ``maintenance.backup``; flags
+override them. Progress goes to stderr, the outcome to stdout; the return value is the
+exit code: 0 done, 1 the backup or the verification failed, 2 a bad setting.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import TextIO
+
+from incident.config import get_settings
+from incident.maintenance.backup_files import format_age, format_size
+from incident.maintenance.backups import BackupError, create_backup, verify_latest
+from incident.rules import Backup, RulesError, load_rules
+from incident.rules.durations import format_duration, parse_duration
+
+_NAME = "incident backup"
+
+
+def _policy(err: TextIO) -> Backup | None:
+    try:
+        return load_rules(get_settings().rules_file).maintenance.backup
+    except RulesError as exc:
+        print(f"{_NAME}: {exc}", file=err)
+        return None
+
+
+def _progress(err: TextIO):
+    def say(line: str) -> None:
+        print(f"{_NAME}: {line}", file=err, flush=True)
+
+    return say
+
+
+def create(
+    *,
+    backup_dir: Path | None = None,
+    keep: int | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    settings = get_settings()
+    database_url = settings.require_database_url()
+    policy = _policy(err)
+    if policy is None:
+        return 2
+    if keep is not None and keep < 1:
+        print(f"{_NAME}: --keep must be at least 1, got {keep}", file=err)
+        return 2
+    directory = backup_dir or settings.backup_dir
+    try:
+        result = create_backup(
+            database_url, directory, keep=keep or policy.keep, progress=_progress(err)
+        )
+    except BackupError as exc:
+        print(f"{_NAME}: backup FAILED: {exc}", file=err)
+        return 1
+    rows = sum(result.row_counts.values())
+    print(
+        f"backup written: {result.path} ({format_size(result.size)}, {rows} rows in "
+        f"{len(result.row_counts)} tables, sha256 {result.sha256}) in {result.seconds:.1f} s",
+        file=out,
+    )
+    return 0
+
+
+def verify(
+    *,
+    backup_dir: Path | None = None,
+    max_age: str | None = None,
+    mode: str | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    settings = get_settings()
+    database_url = settings.require_database_url()
+    policy = _policy(err)
+    if policy is None:
+        return 2
+    age_limit: timedelta = policy.max_age
+    if max_age is not None:
+        try:
+            age_limit = parse_duration(max_age)
+        except ValueError as exc:
+            print(f"{_NAME}: --max-age: {exc}", file=err)
+            return 2
+    chosen_mode = mode or policy.verify
+    directory = backup_dir or settings.backup_dir
+    result = verify_latest(
+        database_url,
+        directory,
+        max_age=age_limit,
+        mode=chosen_mode,  # type: ignore[arg-type]  # argparse and the rules allow only these
+        progress=_progress(err),
+    )
+    if not result.ok:
+        print(f"{_NAME}: verification FAILED ({len(result.problems)} problem(s)):", file=err)
+        for problem in result.problems:
+            print(f"  - {problem}", file=err)
+        return 1
+    assert result.backup is not None and result.backup_age is not None
+    how = (
+        f"restored in {result.restore_seconds:.1f} s, row counts match"
+        if result.restore_seconds is not None
+        else "checksum and pg_restore --list"
+    )
+    print(
+        f"backup verified: {result.backup} ({how}; {format_age(result.backup_age)} old, "
+        f"max_age {format_duration(age_limit)})",
+        file=out,
+    )
+    return 0
