@@ -10,7 +10,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHES = ("receiver", "end_to_end", "resend", "paging")
+BENCHES = ("receiver", "end_to_end", "resend", "paging", "breaker", "backup")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from bench import end_to_end, loadgen, paging, receiver, report, resend
+    from bench import backup, breaker, end_to_end, loadgen, paging, receiver, report, resend
     from bench.noise import BackgroundLoad, cpu_speed_index
     from bench.stack import Stack
 
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             "end_to_end": lambda: end_to_end.run(stack, quick=args.quick),
             "resend": lambda: resend.run(stack, quick=args.quick),
             "paging": lambda: paging.run(stack, quick=args.quick),
+            "breaker": lambda: breaker.run(stack, quick=args.quick),
+            "backup": lambda: backup.run(stack, quick=args.quick),
         }
         for name in selected:
             speed = cpu_speed_index()

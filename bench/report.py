@@ -204,6 +204,44 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                     "",
                 )
             )
+    breaker = results.get("breaker")
+    if breaker:
+        closed, refused, fleet = breaker["closed_success"], breaker["open_refusal"], breaker["concurrent"]
+        out.append(
+            (
+                "breaker check per remediation (acquire + record, closed) median / p99",
+                f"{closed['median_ms']:.3f} / {closed['p99_ms']:.3f} ms "
+                f"(open refusal {refused['median_ms']:.3f} ms; {fleet['clients']} clients at once "
+                f"{fleet['median_ms']:.3f} / {fleet['p99_ms']:.3f} ms)",
+                f"median < {breaker['target_median_ms']:.0f} ms",
+                _verdict(breaker["target_met"]),
+            )
+        )
+    backup = results.get("backup")
+    if backup:
+        name = f"backup {backup['incidents']:,} incidents"
+        runs = ", ".join(f"{r['backup_s']:.1f}" for r in backup["rounds"])
+        out.append(
+            (
+                f"{name}: pg_dump -Fc {backup['pg_dump_version']} (PostgreSQL "
+                f"{backup['server_version']})",
+                f"{backup['backup_s_median']:.1f} s ({runs}); dump "
+                f"{backup['dump_bytes'] / 2**20:.1f} MiB of a "
+                f"{backup['database_bytes'] / 2**20:.0f} MiB database",
+                "",
+                "",
+            )
+        )
+        runs = ", ".join(f"{r['verify_s']:.1f}" for r in backup["rounds"])
+        out.append(
+            (
+                f"{name}: verify by restore (checksum, list, restore, count, drop)",
+                f"{backup['verify_s_median']:.1f} s ({runs}); of which pg_restore "
+                f"{backup['restore_s_median']:.1f} s",
+                "",
+                "",
+            )
+        )
     for name, cpu in results.get("cpu_during", {}).items():
         if cpu.get("other_cores") is not None:
             out.append(

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from incident import __version__
-from incident.api import health, incidents, webhooks
+from incident.api import breakers, health, incidents, webhooks
 from incident.api.errors import error_response
 from incident.config import Settings, get_settings
 from incident.incidents.store import BadCursor, IncidentNotFound, TransitionNotAllowed
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rules = load_rules(settings.rules_file)
     app.include_router(webhooks.router)
     app.include_router(incidents.router)
+    app.include_router(breakers.router)
     app.include_router(health.router)
     _install_error_handlers(app)
     return app

@@ -31,10 +31,18 @@ return 1
 """
 
 
+def digest_key(group_hash: str) -> str:
+    return _PREFIX + group_hash
+
+
 class DigestCache:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._remember = client.register_script(_REMEMBER)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
 
     def is_current(self, group_hash: str, digest: str) -> bool:
         """True when this exact notification was already applied; records that the group was seen."""

@@ -29,11 +29,13 @@ from incident.incidents.models import (
 )
 from incident.notifications.ledger import record_notifications
 from incident.notifications.planning import Channels
+from incident.remediation.engine import Attempt, schedule_runs
 from incident.rules import Rules, Severity
 
 FIRING = "firing"
 RESOLVED = "resolved"
 _TRANSITIONS = (TimelineKind.RESOLVED, TimelineKind.REOPENED)
+_OPENINGS = (TimelineKind.OPENED, TimelineKind.REOPENED)
 
 
 class NotificationIdentity(NamedTuple):
@@ -57,6 +59,8 @@ class GroupChange:
     duplicate: bool = False
     # Ledger rows created with this change, to hand to workers after commit.
     notifications: list[tuple[int, bool]] = field(default_factory=list)
+    # First attempts of the remediation runs this change started.
+    remediations: list[Attempt] = field(default_factory=list)
 
 
 def apply_notification(
@@ -91,6 +95,9 @@ def apply_notification(
             change.notifications = record_notifications(
                 session, incident, updater.entries, rules, channels, now
             )
+        if rules.remediations and updater.opened:
+            session.flush()
+            change.remediations = schedule_runs(session, incident, updater.entries, rules, now)
 
     group.last_digest = digest
     group.revision += 1
@@ -198,6 +205,10 @@ class _IncidentUpdater:
         self.entries.append(entry)
         if kind not in self.change.events:
             self.change.events.append(kind)
+
+    @property
+    def opened(self) -> bool:
+        return any(kind in _OPENINGS for kind in self.change.events)
 
     def open_or_reopen(self, group: AlertGroup, last: Incident | None) -> Incident | None:
         stored = {a.fingerprint: a for a in last.alerts} if last else {}

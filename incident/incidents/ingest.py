@@ -11,6 +11,8 @@ from incident.alerts.schemas import WebhookPayload
 from incident.db import session_scope
 from incident.incidents.digests import DigestCache
 from incident.incidents.grouping import GroupChange, NotificationIdentity, apply_notification
+from incident.maintenance import watchdog
+from incident.maintenance.watchdog import split_watchdog
 from incident.notifications.planning import Channels
 from incident.rules import Rules
 from incident.worker.routes import INGEST, PAGE
@@ -36,7 +38,7 @@ def ingest_payload(
     rules: Rules,
     digests: DigestCache,
     channels: Channels | None = None,
-    after_commit: Callable[[list[tuple[int, bool]]], None] | None = None,
+    after_commit: Callable[[GroupChange], None] | None = None,
 ) -> GroupChange | None:
     """Apply one notification. None when it was a repeat the cache recognised."""
     try:
@@ -46,6 +48,12 @@ def ingest_payload(
         # cannot help, so say why and drop it.
         log.error("dropping invalid payload", errors=exc.errors(include_input=False))
         return None
+    if rules.maintenance.watchdog is not None:
+        payload, heard = split_watchdog(payload, rules.maintenance.watchdog)
+        if heard:
+            watchdog.record_arrival(digests.client)
+        if payload is None:
+            return None
     identity = NotificationIdentity.of(payload)
     structlog.contextvars.bind_contextvars(
         receiver=payload.receiver, group_key=payload.group_key, group=identity.group_hash[:16]
@@ -57,8 +65,8 @@ def ingest_payload(
         change = apply_notification(
             session, payload, rules, identity=identity, channels=channels
         )
-    if after_commit is not None and change.notifications:
-        after_commit(change.notifications)
+    if after_commit is not None:
+        after_commit(change)
     digests.remember(change.group_hash, change.revision, change.digest)
     if change.incident_id is not None:
         structlog.contextvars.bind_contextvars(incident_id=change.incident_id)

@@ -28,6 +28,7 @@ from incident.db import Base
 
 if TYPE_CHECKING:
     from incident.notifications.models import Notification
+    from incident.remediation.models import RemediationRun
 
 
 class IncidentStatus(StrEnum):
@@ -121,6 +122,9 @@ class Incident(Base):
     notifications: Mapped[list[Notification]] = relationship(
         order_by="Notification.id", viewonly=True
     )
+    remediations: Mapped[list[RemediationRun]] = relationship(
+        order_by="RemediationRun.id", viewonly=True
+    )
 
 
 class Alert(Base):
@@ -154,6 +158,7 @@ class TimelineEntry(Base):
     incident: Mapped[Incident] = relationship(back_populates="timeline")
 
 
-# The ledger lives in its own domain; importing it here registers it before
-# the mappers are configured, wherever incidents are loaded from.
-import incident.notifications.models  # noqa: E402, F401
+# The ledger and the runs live in their own domains; importing them here
+# registers them before the mappers are configured, wherever incidents are loaded.
+import incident.notifications.models  # noqa: E402
+import incident.remediation.models  # noqa: E402, F401

@@ -34,6 +34,8 @@ class RemediationOut(_Out):
     last_error: str | None
     started_at: datetime | None
     finished_at: datetime | None
+    # Beyond INTERFACE's shape: what the action printed or answered, trimmed.
+    output: str | None = None
 
 
 class NotificationOut(_Out):

@@ -47,6 +47,7 @@ _WHOLE = (
     selectinload(Incident.alerts),
     selectinload(Incident.timeline),
     selectinload(Incident.notifications),
+    selectinload(Incident.remediations),
 )
 
 

@@ -10,9 +10,11 @@ from sqlalchemy.exc import OperationalError
 
 from incident.incidents import deadletters
 from incident.incidents.digests import DigestCache
+from incident.incidents.grouping import GroupChange
 from incident.incidents.ingest import ingest_payload
 from incident.sharedstate import get_redis
 from incident.notifications.tasks import channels, enqueue_deliveries
+from incident.remediation.tasks import enqueue_attempts
 from incident.worker import app
 from incident.worker.app import worker_rules
 
@@ -30,6 +32,12 @@ def _park_after_last_retry(task, exc, task_id, args, kwargs, einfo) -> None:
     deadletters.park(get_redis(), kwargs.get("payload"), task_id=task_id, error=repr(exc))
 
 
+def _hand_on(change: GroupChange) -> None:
+    """After commit: notifications to deliver, remediations to start."""
+    enqueue_deliveries(change.notifications)
+    enqueue_attempts(change.remediations)
+
+
 @app.task(
     name="incident.incidents.ingest_webhook",
     # Only what passes: the database or Redis being briefly away. With full
@@ -45,8 +53,13 @@ def _park_after_last_retry(task, exc, task_id, args, kwargs, einfo) -> None:
     time_limit=90,
 )
 def ingest_webhook(*, payload: dict) -> int | None:
+    return apply_notification(payload)
+
+
+def apply_notification(payload: dict) -> int | None:
+    """One notification, from a webhook or from incident itself, and what follows it."""
     change = ingest_payload(
         payload, rules=worker_rules(), digests=digest_cache(),
-        channels=channels(), after_commit=enqueue_deliveries,
+        channels=channels(), after_commit=_hand_on,
     )
     return change.incident_id if change else None

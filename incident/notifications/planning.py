@@ -82,6 +82,9 @@ def plan(
     rule_channel: str | None = None,
 ) -> list[Planned]:
     """``rule_channel``: the Slack channel the matching severity rule names, if any."""
+    if kind is TimelineKind.REMEDIATION and not detail.get("announce"):
+        # Retries in progress, and outcomes of `on_failure: ignore`: recorded only.
+        return []
     text = describe(kind, detail)
     urgent = incident.severity.rank <= 2
     if channels.console_only:
@@ -144,16 +147,29 @@ def describe(kind: TimelineKind, detail: dict[str, Any]) -> str:
         case TimelineKind.ACKNOWLEDGED:
             return "Acknowledged" + _note(detail)
         case TimelineKind.RESOLVED:
-            by = "by hand" if detail.get("by") == "api" else "all alerts resolved"
+            by = {
+                "api": "by hand",
+                "stale": f"stale: not re-sent by Alertmanager for {detail.get('stale_after')}",
+            }.get(detail.get("by"), "all alerts resolved")
             return f"Resolved ({by})" + _note(detail)
         case TimelineKind.FLAPPING:
             return "Flapping: paging paused until it settles"
         case TimelineKind.SETTLED:
             return "Settled: paging resumes"
+        case TimelineKind.REMEDIATION:
+            return _remediation_line(detail)
         case TimelineKind.ESCALATED:
             return f"Escalated: {detail.get('reason', 'not acknowledged')}"
         case _:
             return kind.value.replace("_", " ").capitalize()
+
+
+def _remediation_line(detail: dict[str, Any]) -> str:
+    attempts = detail.get("attempts", 0)
+    tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+    status = str(detail.get("status", "?")).replace("_", " ")
+    error = f": {detail['error']}" if detail.get("error") else ""
+    return f"Remediation {detail.get('name', '?')} {status}{tries}{error}"
 
 
 def _note(detail: dict[str, Any]) -> str:

@@ -92,6 +92,8 @@ class Backup(StrictModel):
     # A newest backup older than this is an alert in itself.
     max_age: Duration = timedelta(hours=26)
     verify: Literal["restore", "list"] = "restore"
+    # Of the internal incident a failed backup or verification opens.
+    severity: Severity = Severity.SEV2
 
     @property
     def crontab_fields(self) -> dict[str, str]:

@@ -19,6 +19,10 @@ from incident.rules.schema_types import NonEmptyStr, MatcherList, StrictModel
 from incident.rules.severity import Severity
 
 
+SEVERITY_LABEL = "incident_severity"
+_SEVERITIES = frozenset(Severity)
+
+
 class SeverityRule(StrictModel):
     matchers: MatcherList
     severity: Severity
@@ -66,7 +70,14 @@ class Rules(StrictModel):
         return self
 
     def classify(self, labels: Mapping[str, str]) -> Severity:
-        """The severity of the first rule whose matchers all match, else the default."""
+        """An explicit ``incident_severity`` label, else the first matching rule's, else the default.
+
+        The label lets an alerting rule (and incident's own internal alerts)
+        state a severity without a rule here for every alert.
+        """
+        explicit = labels.get(SEVERITY_LABEL)
+        if explicit in _SEVERITIES:
+            return Severity(explicit)
         for rule in self.severity.rules:
             if matches_all(rule.matchers, labels):
                 return rule.severity

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from celery.schedules import crontab
 
 from incident.config import Settings, get_settings
 from incident.rules import Rules, load_rules
@@ -17,7 +19,12 @@ from incident.worker.transport import TRANSPORT as REDIS_TRANSPORT
 # Redis never hands a message that is still being worked on to a second worker.
 VISIBILITY_TIMEOUT = 4 * 3600
 
-TASK_MODULES = ["incident.incidents.tasks", "incident.notifications.tasks"]
+TASK_MODULES = [
+    "incident.incidents.tasks",
+    "incident.notifications.tasks",
+    "incident.remediation.tasks",
+    "incident.maintenance.tasks",
+]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -60,11 +67,43 @@ def worker_rules() -> Rules:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Polling jobs every ``escalation_poll_seconds``; maintenance as the rules file says."""
     every = settings.escalation_poll_seconds
-    return {
+    maintenance = load_rules(settings.rules_file).maintenance
+    schedule: dict[str, dict[str, Any]] = {
         "fire-escalations": {"task": "incident.notifications.fire_escalations", "schedule": every},
         "sweep-undelivered": {"task": "incident.notifications.sweep_undelivered", "schedule": every},
+        "sweep-remediations": {"task": "incident.remediation.sweep", "schedule": every},
+        "purge-resolved": {"task": "incident.maintenance.purge_resolved", "schedule": 3600.0},
+        "resolve-stale": {
+            "task": "incident.maintenance.resolve_stale",
+            "schedule": _clamp(maintenance.stale_after / 10, 30, 300),
+        },
+        "backup": {
+            "task": "incident.maintenance.backup",
+            "schedule": crontab(**maintenance.backup.crontab_fields),
+        },
+        # Between backups: notices when the newest one grows older than max_age.
+        "verify-backup": {
+            "task": "incident.maintenance.verify_backup",
+            "schedule": _clamp(maintenance.backup.max_age / 4, 60, 3600),
+        },
     }
+    if settings.log_dir is not None:
+        schedule["rotate-logs"] = {
+            "task": "incident.maintenance.rotate_logs",
+            "schedule": maintenance.log_rotation.every.total_seconds(),
+        }
+    if maintenance.watchdog is not None:
+        schedule["watchdog"] = {
+            "task": "incident.maintenance.watchdog",
+            "schedule": _clamp(maintenance.watchdog.max_silence / 4, 1, 60),
+        }
+    return schedule
+
+
+def _clamp(interval: timedelta, low: float, high: float) -> float:
+    return min(high, max(low, interval.total_seconds()))
 
 
 def _transport_for(broker_url: str) -> str | None:

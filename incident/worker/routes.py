@@ -23,6 +23,15 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "incident.notifications.flush_slack_digest": {"queue": NOTIFY},
     "incident.notifications.fire_escalations": {"queue": PAGE},
     "incident.notifications.sweep_undelivered": {"queue": MAINTENANCE},
+    "incident.remediation.run": {"queue": REMEDIATE},
+    "incident.remediation.sweep": {"queue": MAINTENANCE},
+    "incident.maintenance.purge_resolved": {"queue": MAINTENANCE},
+    "incident.maintenance.resolve_stale": {"queue": MAINTENANCE},
+    "incident.maintenance.rotate_logs": {"queue": MAINTENANCE},
+    "incident.maintenance.backup": {"queue": MAINTENANCE},
+    "incident.maintenance.verify_backup": {"queue": MAINTENANCE},
+    # The dead-man's switch must not wait behind a long backup.
+    "incident.maintenance.watchdog": {"queue": PAGE},
 }
 
 

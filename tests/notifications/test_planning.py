@@ -6,7 +6,7 @@ import pytest
 
 from incident.incidents.models import TimelineKind
 from incident.notifications.models import Action, Channel
-from incident.notifications.planning import Channels, IncidentState, plan
+from incident.notifications.planning import Channels, IncidentState, describe, plan
 from incident.rules import Severity, parse_rules
 
 RULES = parse_rules("""
@@ -82,9 +82,24 @@ def test_slack_off_for_a_severity_tells_slack_nothing():
 
 @pytest.mark.parametrize("kind", list(TimelineKind))
 def test_with_nothing_configured_every_event_goes_to_the_console(kind):
-    planned = told(kind, state(), CONSOLE)
+    planned = told(kind, state(), CONSOLE, announce=True)
     assert planned[0][0] == Channel.CONSOLE
     assert len(planned) == 1
+
+
+@pytest.mark.parametrize("channels", [CONSOLE, None], ids=["console", "slack+pagerduty"])
+def test_a_remediation_entry_is_told_only_when_it_says_announce(channels):
+    extra = {} if channels is None else {"channels": channels}
+    quiet = told(TimelineKind.REMEDIATION, state(), name="restart", status="retrying", **extra)
+    assert quiet == []
+    loud = told(TimelineKind.REMEDIATION, state(), name="restart", status="failed", attempts=2,
+                error="HTTP 503", announce=True, **extra)
+    assert [(c, a) for c, a, *_ in loud] in (
+        [(Channel.CONSOLE, Action.UPDATE)], [(Channel.SLACK, Action.UPDATE)]
+    )
+    assert describe(TimelineKind.REMEDIATION, {
+        "name": "restart", "status": "failed", "attempts": 2, "error": "HTTP 503"
+    }) == "Remediation restart failed after 2 attempts: HTTP 503"
 
 
 def test_a_severity_rule_channel_overrides_the_severity_policy_channel():

@@ -1,0 +1,1 @@
+"""Maintenance on beat: retention, stale incidents, log rotation, backups, Watchdog."""

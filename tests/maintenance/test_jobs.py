@@ -1,0 +1,205 @@
+"""The beat jobs as a worker runs them: locks, the Watchdog, and backup verification incidents.
+
+The task functions run in this process against real PostgreSQL and Redis
+(and real pg_dump/pg_restore); what they enqueue lands on the test broker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from incident.config import get_settings
+from incident.db import session_scope
+from incident.incidents.models import Incident
+from incident.maintenance import watchdog
+from incident.maintenance.backups import create_backup
+from incident.maintenance.locks import PREFIX, run_once
+from incident.worker.app import beat_schedule, worker_rules
+from tests import factories
+
+RULES = """
+maintenance:
+  backup: {keep: 2, max_age: 1h, verify: restore}
+  watchdog: {alertname: Watchdog, max_silence: 2s, severity: SEV1}
+"""
+
+
+@pytest.fixture
+def jobs(clean_state, incident_environment, monkeypatch, tmp_path) -> Iterator[Path]:
+    """This process configured as a worker with the rules above; yields the backup dir."""
+    from incident.maintenance import tasks
+
+    rules = tmp_path / "rules.yml"
+    rules.write_text(RULES)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    monkeypatch.setenv("INCIDENT_RULES_FILE", str(rules))
+    monkeypatch.setenv("INCIDENT_BACKUP_DIR", str(backups))
+    caches = (get_settings, worker_rules, tasks.internal_alerts)
+    for cache in caches:
+        cache.cache_clear()
+    yield backups
+    monkeypatch.undo()
+    for cache in caches:
+        cache.cache_clear()
+
+
+def description(incident_id: int) -> str:
+    with session_scope() as session:
+        return session.get(Incident, incident_id).alerts[0].annotations["description"]
+
+
+def open_incidents() -> list[Incident]:
+    with session_scope() as session:
+        return list(session.scalars(select(Incident).where(Incident.status != "resolved")))
+
+
+def all_incidents() -> list[Incident]:
+    with session_scope() as session:
+        return list(session.scalars(select(Incident).order_by(Incident.id)))
+
+
+def test_run_once_lets_one_of_two_concurrent_runs_do_the_work(redis_client):
+    redis_client.delete(PREFIX + "demo")
+    ran: list[int] = []
+    start = threading.Barrier(2)
+
+    def beat(n: int) -> None:
+        start.wait()
+        run_once(redis_client, "demo", lambda: (ran.append(n), time.sleep(0.3)), timeout=10)
+
+    threads = [threading.Thread(target=beat, args=(n,)) for n in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert len(ran) == 1
+    # Released when done (no min_gap): the next tick runs.
+    assert run_once(redis_client, "demo", lambda: "again", timeout=10) == "again"
+
+
+def test_a_finished_run_holds_off_the_second_beats_copy_of_the_same_tick(redis_client):
+    redis_client.delete(PREFIX + "gap")
+    assert run_once(redis_client, "gap", lambda: 1, timeout=10, min_gap=1) == 1
+    assert run_once(redis_client, "gap", lambda: 2, timeout=10, min_gap=1) is None
+    time.sleep(1.1)
+    assert run_once(redis_client, "gap", lambda: 3, timeout=10, min_gap=1) == 3
+
+
+def test_two_copies_of_a_maintenance_task_at_once_purge_once(jobs, monkeypatch):
+    from incident.maintenance import tasks
+    from incident.maintenance.retention import PurgeReport
+
+    calls: list[int] = []
+
+    def slow_purge(*args, **kwargs) -> PurgeReport:
+        calls.append(1)
+        time.sleep(0.3)
+        return PurgeReport(incidents=7)
+
+    monkeypatch.setattr(tasks, "purge_resolved", slow_purge)
+    results: list = []
+    start = threading.Barrier(2)
+
+    def beat() -> None:
+        start.wait()
+        results.append(tasks.purge_resolved_incidents.run())
+
+    threads = [threading.Thread(target=beat) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert len(calls) == 1
+    assert sorted(results, key=str) == [7, None]
+
+
+def test_the_beat_schedule_comes_from_the_rules_file(jobs):
+    schedule = beat_schedule(get_settings())
+    assert schedule["watchdog"]["schedule"] == 1
+    assert schedule["verify-backup"]["schedule"] == 900
+    assert str(schedule["backup"]["schedule"]) == "<crontab: 0 2 * * * (m/h/dM/MY/d)>"
+    assert "rotate-logs" not in schedule, "no log directory, nothing to rotate"
+
+
+def test_watchdog_alerts_open_nothing_and_silence_opens_one_sev1_that_their_return_resolves(
+    jobs, redis_client
+):
+    from incident.incidents.tasks import apply_notification
+    from incident.maintenance.tasks import check_watchdog
+
+    heartbeat = factories.payload(factories.alert(alertname="Watchdog", severity="none"))
+    assert apply_notification(heartbeat) is None
+    assert all_incidents() == []
+    assert watchdog.last_seen(redis_client) is not None
+    assert check_watchdog() == "quiet"
+
+    # Three seconds without a Watchdog: past max_silence (2s).
+    past = (datetime.now(UTC) - timedelta(seconds=3)).timestamp()
+    redis_client.set(watchdog.LAST_SEEN, past)
+    redis_client.set(watchdog.ARMED_AT, past)
+    assert check_watchdog() == "silent"
+    assert check_watchdog() == "silent"
+    (silent,) = open_incidents()
+    assert (silent.title, silent.severity) == ("AlertingPipelineSilent", "SEV1")
+    assert silent.summary == "No Watchdog alert for over 2s"
+
+    apply_notification(heartbeat)
+    assert check_watchdog() == "heard"
+    assert open_incidents() == []
+    assert [i.status for i in all_incidents()] == ["resolved"]
+    assert check_watchdog() == "quiet"
+
+
+def test_silence_counts_from_start_up_when_no_watchdog_ever_arrived(jobs, redis_client):
+    from incident.maintenance.tasks import check_watchdog
+
+    assert check_watchdog() == "quiet"  # arms the switch
+    redis_client.set(watchdog.ARMED_AT, (datetime.now(UTC) - timedelta(seconds=3)).timestamp())
+    assert check_watchdog() == "silent"
+    (silent,) = open_incidents()
+    assert "heard never, since start-up" in description(silent.id)
+
+
+def verify_now(redis_client):
+    from incident.maintenance.tasks import verify_backup
+
+    redis_client.delete(PREFIX + "backup")
+    return verify_backup()
+
+
+def test_a_failed_verification_opens_one_internal_incident_and_the_next_good_one_resolves_it(
+    jobs, redis_client, database_url
+):
+    from incident.maintenance.tasks import BACKUP_ARMED_AT
+
+    # A new installation gets max_age's grace before "no backup" is a problem.
+    assert verify_now(redis_client) is False
+    assert all_incidents() == []
+    redis_client.set(BACKUP_ARMED_AT, (datetime.now(UTC) - timedelta(hours=2)).timestamp())
+    assert verify_now(redis_client) is False
+    (failing,) = open_incidents()
+    assert (failing.title, failing.severity) == ("IncidentBackupFailing", "SEV2")
+
+    good = create_backup(database_url, jobs, keep=2)
+    assert verify_now(redis_client) is True
+    assert open_incidents() == []
+
+    # A damaged backup: the same kind of incident again, once, until a good run.
+    with good.path.open("r+b") as dump:
+        dump.truncate(good.size // 2)
+    assert verify_now(redis_client) is False
+    assert verify_now(redis_client) is False
+    (again,) = open_incidents()
+    assert again.title == "IncidentBackupFailing"
+    assert "does not match the SHA-256 in its manifest" in description(again.id)
+    create_backup(database_url, jobs, keep=2)
+    assert verify_now(redis_client) is True
+    assert open_incidents() == []
