@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from incident.config import get_settings
 from incident.db import session_scope
 from incident.integrations.base import DeliveryError
+from incident.maintenance.locks import run_once
 from incident.notifications import delivery, timers
 from incident.notifications.digest import SlackDigests, digest_lines, mark_digested
 from incident.notifications.ledger import record_notifications
@@ -121,7 +122,13 @@ def flush_slack_digest(self, *, channel: str) -> int:
 
 @app.task(name="incident.notifications.fire_escalations", autoretry_for=(OperationalError,),
           max_retries=3, retry_backoff=2, time_limit=60)
-def fire_escalations() -> int:
+def fire_escalations() -> int | None:
+    # SKIP LOCKED already fires each step once; the lock also spares the
+    # database the second beat's identical poll.
+    return run_once(get_redis(), "fire-escalations", _fire_escalations, timeout=60)
+
+
+def _fire_escalations() -> int:
     now = datetime.now(UTC)
     created: list[tuple[int, bool]] = []
     with session_scope() as session:
@@ -132,8 +139,12 @@ def fire_escalations() -> int:
 
 
 @app.task(name="incident.notifications.sweep_undelivered", time_limit=60)
-def sweep_undelivered() -> int:
+def sweep_undelivered() -> int | None:
     """Rows nobody is working on: enqueued before a crash, or claimed by a worker that died."""
+    return run_once(get_redis(), "sweep-undelivered", _sweep_undelivered, timeout=60)
+
+
+def _sweep_undelivered() -> int:
     cutoff = datetime.now(UTC) - SWEEP_AFTER
     with session_scope() as session:
         rows = session.execute(

@@ -9,6 +9,7 @@ import redis
 import structlog
 from sqlalchemy.exc import OperationalError
 
+from incident.maintenance.locks import run_once
 from incident.notifications.tasks import channels, enqueue_deliveries
 from incident.remediation.breaker import CircuitBreakers
 from incident.remediation.engine import Attempt, RemediationEngine, Step
@@ -56,8 +57,12 @@ def run_remediation(*, run_id: int, attempt: int) -> str | None:
 
 
 @app.task(name="incident.remediation.sweep", time_limit=60)
-def sweep_remediations() -> int:
+def sweep_remediations() -> int | None:
     """Attempts lost between commit and enqueue, or by a worker that died mid-attempt."""
+    return run_once(get_redis(), "sweep-remediations", _sweep, timeout=60)
+
+
+def _sweep() -> int:
     step = engine().sweep()
     _after(step)
     return len(step.next_attempts)
