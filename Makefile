@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint install alertmanager wrk clean
+.PHONY: run test bench lint install alertmanager promtool wrk clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/incident dev
 
-test: $(STAMP) alertmanager
+test: $(STAMP) alertmanager promtool
 	$(BIN)/python -m pytest
 
 bench: $(STAMP) wrk
@@ -35,6 +35,15 @@ alertmanager:
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null; }
+
+# The example Prometheus rules are checked with promtool; Debian packages it
+# with Prometheus (whose service is not started here).
+promtool:
+	@command -v promtool >/dev/null || \
+	  { echo "installing promtool (Debian package prometheus)"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 # The receiver bench drives saturation load with wrk; Debian packages it.
 wrk:

@@ -199,13 +199,16 @@ class WorkerProcess(ChildProcess):
 
     name = "worker"
 
-    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, concurrency: int = 2, queues: str | None = None
+    ) -> None:
         super().__init__(
             [
                 sys.executable, "-m", "incident", "worker",
                 "--concurrency", str(concurrency), "--pool", "prefork",
                 "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
                 "--without-mingle", "--loglevel", "INFO",
+                *(["--queues", queues] if queues else []),
             ],
             log_path,
             env,

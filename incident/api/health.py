@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from incident.api import metrics as fleet_metrics
 from incident.api.auth import require_metrics_token
 from incident.db import engine_for
 from incident.worker import app as celery_app
@@ -56,5 +56,6 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", dependencies=[Depends(require_metrics_token)])
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    body, media_type = await run_in_threadpool(fleet_metrics.render, request.app.state.settings)
+    return Response(body, media_type=media_type)

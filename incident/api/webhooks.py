@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerUnavailable
@@ -16,6 +16,7 @@ from incident.api.auth import require_webhook_token
 from incident.api.errors import error_response, validation_fields
 from incident.incidents.ingest import ingest_queue
 from incident.incidents.tasks import ingest_webhook
+from incident.metrics import count
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
@@ -64,13 +65,33 @@ def _enqueue(raw: dict, payload: WebhookPayload, queue: str) -> None:
     )
 
 
+def _authenticated(request: Request) -> None:
+    try:
+        require_webhook_token(request)
+    except HTTPException:
+        count("incident_webhooks", outcome="unauthorized")
+        raise
+
+
+_OUTCOMES = {
+    202: "accepted", 400: "bad_request", 413: "too_large", 415: "unsupported_media_type",
+    422: "invalid", 503: "unavailable",
+}
+
+
 @router.post(
     "/webhooks/alertmanager",
     status_code=202,
-    dependencies=[Depends(require_webhook_token)],
+    dependencies=[Depends(_authenticated)],
     responses={400: {}, 401: {}, 413: {}, 415: {}, 422: {}, 503: {}},
 )
 async def receive_alertmanager(request: Request) -> JSONResponse:
+    response = await _receive(request)
+    count("incident_webhooks", outcome=_OUTCOMES[response.status_code])
+    return response
+
+
+async def _receive(request: Request) -> JSONResponse:
     settings = request.app.state.settings
     if not _is_json(request.headers.get("content-type", "")):
         return error_response(415, "Content-Type must be application/json")
@@ -99,4 +120,5 @@ async def receive_alertmanager(request: Request) -> JSONResponse:
     except (BrokerUnavailable, OSError) as exc:
         log.error("could not enqueue webhook", error=str(exc))
         return error_response(503, "could not enqueue durably; retry later")
+    count("incident_alerts_received", len(payload.alerts))
     return JSONResponse({"status": "accepted", "alerts": len(payload.alerts)}, status_code=202)

@@ -59,6 +59,8 @@ class GroupChange:
     duplicate: bool = False
     # Ledger rows created with this change, to hand to workers after commit.
     notifications: list[tuple[int, bool]] = field(default_factory=list)
+    # The severity an incident opened with, when this change opened one.
+    opened_severity: str | None = None
     # First attempts of the remediation runs this change started.
     remediations: list[Attempt] = field(default_factory=list)
 
@@ -247,6 +249,7 @@ class _IncidentUpdater:
         self.session.flush()
         firing = sum(1 for a in incident.alerts if a.status == FIRING)
         self.record(incident, TimelineKind.OPENED, severity=incident.severity, alerts=firing)
+        self.change.opened_severity = str(incident.severity)
         return incident
 
     def _refresh_header(self, incident: Incident) -> None:

@@ -12,6 +12,7 @@ from incident.db import session_scope
 from incident.incidents.digests import DigestCache
 from incident.incidents.grouping import GroupChange, NotificationIdentity, apply_notification
 from incident.maintenance import watchdog
+from incident.metrics import count
 from incident.maintenance.watchdog import split_watchdog
 from incident.notifications.planning import Channels
 from incident.rules import Rules
@@ -65,6 +66,8 @@ def ingest_payload(
         change = apply_notification(
             session, payload, rules, identity=identity, channels=channels
         )
+    if change.opened_severity is not None:
+        count("incident_incidents_opened", severity=change.opened_severity)
     if after_commit is not None:
         after_commit(change)
     digests.remember(change.group_hash, change.revision, change.digest)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from incident.db import session_scope
 from incident.incidents.models import Incident, TimelineEntry, TimelineKind
+from incident.metrics import count
 from incident.integrations.base import DeliveryError, IncidentView
 from incident.notifications.models import Action, Channel, DeliveryStatus, Notification
 from incident.notifications.notifiers import Notifiers
@@ -82,12 +83,14 @@ def deliver(
     try:
         external_id = _send(claim, notifiers)
     except _Coalesced:
+        count("incident_notifications", channel=claim.channel, outcome="coalesced")
         return Outcome.COALESCED
     except RetryLater:
         _release(claim.id, task_id, error=None)
         raise
     except DeliveryError as exc:
         if exc.retryable:
+            count("incident_notifications", channel=claim.channel, outcome="retried")
             if exc.maybe_delivered:
                 # Keep the claim: the retry runs under this task id, finds the
                 # row still ``sending`` as its own, and looks before sending.
@@ -100,6 +103,7 @@ def deliver(
         return Outcome.FAILED
     with session_scope() as session:
         _record_sent(session, claim.id, task_id, external_id)
+    count("incident_notifications", channel=claim.channel, outcome="sent")
     return Outcome.SENT
 
 
@@ -238,6 +242,8 @@ def mark_failed(notification_id: int, error: str) -> None:
     with session_scope() as session:
         row = session.get(Notification, notification_id, with_for_update=True)
         if row is not None and row.status != DeliveryStatus.SENT:
+            if row.status != DeliveryStatus.FAILED:
+                count("incident_notifications", channel=row.channel, outcome="failed")
             row.status = DeliveryStatus.FAILED
             row.last_error = error
 

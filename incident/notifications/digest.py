@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from incident.db import session_scope
+from incident.metrics import count
 from incident.notifications.models import DeliveryStatus, Notification
 
 DIGEST_DELAY_SECONDS = 3.0
@@ -73,6 +74,7 @@ def mark_digested(ids: list[int], ts: str) -> None:
             select(Notification).where(Notification.id.in_(ids)).with_for_update()
         ):
             if row.status == DeliveryStatus.SENDING:
+                count("incident_notifications", channel=row.channel, outcome="sent")
                 row.status = DeliveryStatus.SENT
                 row.external_id = f"digest:{ts}"
                 row.sent_at = datetime.now(UTC)

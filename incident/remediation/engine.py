@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from incident.config import get_settings
 from incident.db import session_scope
 from incident.incidents.models import Incident, IncidentStatus, TimelineEntry, TimelineKind
+from incident.metrics import count
 from incident.notifications.ledger import record_notifications
 from incident.notifications.planning import Channels
 from incident.remediation import actions
@@ -299,6 +300,7 @@ class RemediationEngine:
             self._escalate(session, incident, step, now, run)
         log.info("remediation " + status.value, remediation=run.name, attempts=run.attempts,
                  error=run.last_error)
+        count("incident_remediations", remediation=run.name, outcome=status.value)
         return step
 
     def _escalate(

@@ -8,7 +8,9 @@ from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
+from celery.signals import worker_process_shutdown
 
+from incident import metrics
 from incident.config import Settings, get_settings
 from incident.rules import Rules, load_rules
 from incident.logging import install_celery_logging
@@ -110,6 +112,12 @@ def _transport_for(broker_url: str) -> str | None:
     if broker_url.split("://", 1)[0] in ("redis", "rediss"):
         return REDIS_TRANSPORT
     return None  # the URL's own scheme decides (amqp://, …)
+
+
+@worker_process_shutdown.connect
+def _flush_metrics(**_: Any) -> None:
+    # Pool processes leave through os._exit, past atexit: write their last tally.
+    metrics.flush()
 
 
 app = Celery("incident", include=TASK_MODULES)
