@@ -35,6 +35,10 @@ BACKUP_TIME_LIMIT = 2 * 3600
 SHORT_TIME_LIMIT = 600
 
 
+def clock() -> datetime:
+    return datetime.now(UTC)
+
+
 @lru_cache(maxsize=1)
 def internal_alerts() -> InternalAlerts:
     return InternalAlerts(get_redis(), get_settings().public_url)
@@ -103,7 +107,7 @@ def verify_backup() -> bool | None:
 def _verify() -> bool:
     settings = get_settings()
     policy = worker_rules().maintenance.backup
-    now = datetime.now(UTC)
+    now = clock()
     result = verify_latest(settings.require_database_url(), settings.backup_dir,
                            max_age=policy.max_age, mode=policy.verify, progress=_progress("verify"),
                            now=now)

@@ -175,31 +175,69 @@ def verify_now(redis_client):
     return verify_backup()
 
 
-def test_a_failed_verification_opens_one_internal_incident_and_the_next_good_one_resolves_it(
-    jobs, redis_client, database_url
+def test_a_new_installation_gets_max_age_of_grace_before_no_backup_counts(
+    jobs, redis_client
 ):
     from incident.maintenance.tasks import BACKUP_ARMED_AT
 
-    # A new installation gets max_age's grace before "no backup" is a problem.
     assert verify_now(redis_client) is False
     assert all_incidents() == []
     redis_client.set(BACKUP_ARMED_AT, (datetime.now(UTC) - timedelta(hours=2)).timestamp())
     assert verify_now(redis_client) is False
     (failing,) = open_incidents()
     assert (failing.title, failing.severity) == ("IncidentBackupFailing", "SEV2")
+    assert "no backup in" in description(failing.id)
 
+
+def _truncate(dump: Path) -> None:
+    with dump.open("r+b") as file:
+        file.truncate(dump.stat().st_size // 2)
+
+
+def _flip_a_bit(dump: Path) -> None:
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dump.write_bytes(bytes(data))
+
+
+def _remove(dump: Path) -> None:
+    dump.unlink()
+    dump.with_name(dump.name.removesuffix(".dump") + ".manifest.json").unlink()
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (_truncate, "does not match the SHA-256 in its manifest"),
+        (_flip_a_bit, "does not match the SHA-256 in its manifest"),
+        (_remove, "no backup in"),
+        (None, "older than max_age"),
+    ],
+    ids=["truncated", "bit-flipped", "missing", "too-old"],
+)
+def test_each_failed_verification_opens_one_internal_incident_that_the_next_good_one_resolves(
+    jobs, redis_client, database_url, monkeypatch, damage, problem
+):
+    from incident.maintenance import tasks
+
+    redis_client.set(tasks.BACKUP_ARMED_AT, (datetime.now(UTC) - timedelta(hours=2)).timestamp())
     good = create_backup(database_url, jobs, keep=2)
     assert verify_now(redis_client) is True
-    assert open_incidents() == []
+    assert all_incidents() == []
 
-    # A damaged backup: the same kind of incident again, once, until a good run.
-    with good.path.open("r+b") as dump:
-        dump.truncate(good.size // 2)
+    if damage is not None:
+        damage(good.path)
+    else:
+        # Two hours on, the newest backup is past max_age (1h).
+        monkeypatch.setattr(tasks, "clock", lambda: datetime.now(UTC) + timedelta(hours=2))
     assert verify_now(redis_client) is False
     assert verify_now(redis_client) is False
-    (again,) = open_incidents()
-    assert again.title == "IncidentBackupFailing"
-    assert "does not match the SHA-256 in its manifest" in description(again.id)
+    (failing,) = open_incidents()
+    assert (failing.title, failing.severity) == ("IncidentBackupFailing", "SEV2")
+    assert problem in description(failing.id)
+
+    monkeypatch.setattr(tasks, "clock", lambda: datetime.now(UTC))
     create_backup(database_url, jobs, keep=2)
     assert verify_now(redis_client) is True
     assert open_incidents() == []
+    assert [i.status for i in all_incidents()] == ["resolved"]
