@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8080"
 
     max_body_bytes: int = Field(default=5 * MiB, gt=0)
+    # How long Redis waits before handing an unacknowledged message to another
+    # worker: how soon the work of a worker that died (OOM-killed, SIGKILL) is
+    # redone. Every late-acknowledged task's hard time limit stays below it.
+    broker_visibility_timeout: float = Field(default=300.0, ge=120)
     # How often beat looks for due escalation timers and undelivered notifications.
     escalation_poll_seconds: float = Field(default=15.0, gt=0)
     # Set by `incident dev`: a single-machine trial where missing tokens are allowed.

@@ -1,7 +1,10 @@
 """Celery tasks for maintenance, sent by beat (worker/app.py builds the schedule from the rules).
 
 Each takes its job's Redis lock first (maintenance/locks.py), so two beats, or
-a run that overlaps the next tick, never do the work twice.
+a run that overlaps the next tick, never do the work twice. They acknowledge
+on start: a backup outlasts the broker's visibility timeout, and a tick lost
+with its worker is simply the next tick's work (a backup that never happened
+shows in the next verification).
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def internal_alerts() -> InternalAlerts:
     return InternalAlerts(get_redis(), get_settings().public_url)
 
 
-@app.task(name="incident.maintenance.purge_resolved", time_limit=SHORT_TIME_LIMIT,
+@app.task(name="incident.maintenance.purge_resolved", acks_late=False,
+          time_limit=SHORT_TIME_LIMIT,
           autoretry_for=(OperationalError,), max_retries=3, retry_backoff=10)
 def purge_resolved_incidents() -> int | None:
     retention = worker_rules().maintenance.retention
@@ -56,7 +60,8 @@ def purge_resolved_incidents() -> int | None:
     return report.incidents if report else None
 
 
-@app.task(name="incident.maintenance.resolve_stale", time_limit=SHORT_TIME_LIMIT,
+@app.task(name="incident.maintenance.resolve_stale", acks_late=False,
+          time_limit=SHORT_TIME_LIMIT,
           autoretry_for=(OperationalError,), max_retries=3, retry_backoff=10)
 def resolve_stale_incidents() -> int | None:
     def work() -> int:
@@ -67,7 +72,8 @@ def resolve_stale_incidents() -> int | None:
     return run_once(get_redis(), "resolve-stale", work, timeout=SHORT_TIME_LIMIT, min_gap=30)
 
 
-@app.task(name="incident.maintenance.rotate_logs", time_limit=SHORT_TIME_LIMIT)
+@app.task(name="incident.maintenance.rotate_logs", acks_late=False,
+          time_limit=SHORT_TIME_LIMIT)
 def rotate_logs() -> int | None:
     log_dir = get_settings().log_dir
     if log_dir is None:
@@ -78,7 +84,8 @@ def rotate_logs() -> int | None:
     return report.rotated if report else None
 
 
-@app.task(name="incident.maintenance.backup", time_limit=BACKUP_TIME_LIMIT,
+@app.task(name="incident.maintenance.backup", acks_late=False,
+          time_limit=BACKUP_TIME_LIMIT,
           soft_time_limit=BACKUP_TIME_LIMIT - 60)
 def backup() -> bool | None:
     """Make a backup, then verify it at once."""
@@ -97,7 +104,8 @@ def backup() -> bool | None:
     return run_once(get_redis(), "backup", work, timeout=BACKUP_TIME_LIMIT, min_gap=300)
 
 
-@app.task(name="incident.maintenance.verify_backup", time_limit=BACKUP_TIME_LIMIT,
+@app.task(name="incident.maintenance.verify_backup", acks_late=False,
+          time_limit=BACKUP_TIME_LIMIT,
           soft_time_limit=BACKUP_TIME_LIMIT - 60)
 def verify_backup() -> bool | None:
     """The recovery-point check between backups: is the newest one still young enough?"""
@@ -140,7 +148,8 @@ def _backup_failing(problems: list[str]) -> None:
     ), None)
 
 
-@app.task(name="incident.maintenance.watchdog", time_limit=60,
+@app.task(name="incident.maintenance.watchdog", acks_late=False,
+          time_limit=60,
           autoretry_for=(OperationalError,), max_retries=3, retry_backoff=2)
 def check_watchdog() -> str | None:
     rule = worker_rules().maintenance.watchdog

@@ -95,7 +95,8 @@ def _schedule_digest_flush(channel: str, countdown: float) -> None:
     flush_slack_digest.apply_async(kwargs={"channel": channel}, countdown=countdown)
 
 
-@app.task(name="incident.notifications.flush_slack_digest", bind=True, max_retries=60)
+@app.task(name="incident.notifications.flush_slack_digest", bind=True, max_retries=60,
+          soft_time_limit=60, time_limit=90)
 def flush_slack_digest(self, *, channel: str) -> int:
     n = notifiers()
     wait = n.slack_bucket.take(channel)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -46,6 +46,8 @@ HARD_LIMIT_MARGIN = 30.0
 LEASE_MARGIN = 60.0
 # A pending attempt this late was lost between commit and enqueue: send it again.
 OVERDUE = timedelta(minutes=2)
+# Retries due later than this wait as rows for the sweeper, not as broker ETAs.
+BROKER_DELAY_LIMIT = 60.0
 _RECORD_LIMIT = 4096
 
 
@@ -274,9 +276,13 @@ class RemediationEngine:
             step = Step(status=run.status)
             self._record(session, incident, step, now, run, status="retrying",
                          error=run.last_error, retry_in=round(delay, 3), announce=False)
-            step.next_attempts.append(
-                Attempt(run.id, run.attempts + 1, delay, actions.attempt_timeout(rule))
-            )
+            # A long wait is a row polled by beat, not a message held by a
+            # worker: the broker would redeliver one held past its visibility timeout.
+            run.wake_by_poll = delay > BROKER_DELAY_LIMIT
+            if not run.wake_by_poll:
+                step.next_attempts.append(
+                    Attempt(run.id, run.attempts + 1, delay, actions.attempt_timeout(rule))
+                )
             log.info("remediation attempt failed; retrying", remediation=run.name,
                      attempt=run.attempts, countdown=round(delay, 2), error=run.last_error)
             return step
@@ -367,18 +373,24 @@ class RemediationEngine:
         ).one_or_none()
 
     def sweep(self, *, limit: int = 200) -> Step:
-        """Overdue pending attempts are sent again; running attempts past their lease failed."""
+        """Due long waits and overdue attempts are sent; running attempts past their lease failed."""
         now = self.clock()
         step = Step()
         with session_scope() as session:
-            overdue = session.scalars(
+            due = session.scalars(
                 select(RemediationRun)
-                .where(RemediationRun.status == RunStatus.PENDING,
-                       RemediationRun.next_attempt_at < now - OVERDUE)
+                .where(
+                    RemediationRun.status == RunStatus.PENDING,
+                    or_(
+                        and_(RemediationRun.wake_by_poll, RemediationRun.next_attempt_at <= now),
+                        RemediationRun.next_attempt_at < now - OVERDUE,
+                    ),
+                )
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()
-            for run in overdue:
+            for run in due:
+                run.wake_by_poll = False
                 rule = self.rule(run.name)
                 timeout = actions.attempt_timeout(rule) if rule else actions.DEFAULT_TIMEOUT
                 step.next_attempts.append(Attempt(run.id, run.attempts + 1, 0.0, timeout))

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -84,6 +85,8 @@ class RemediationRun(Base):
     finished_at: Mapped[datetime | None] = _timestamp()
     # When the pending attempt is due; the sweeper re-sends it if nobody took it.
     next_attempt_at: Mapped[datetime | None] = _timestamp()
+    # Its next attempt waits for the sweeper (a long backoff), not in the broker.
+    wake_by_poll: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     # A running attempt past this is lost (its worker died): Celery's hard time
     # limit ends every attempt before it.
     lease_until: Mapped[datetime | None] = _timestamp()

@@ -44,6 +44,10 @@ def _after(step: Step) -> str | None:
 
 @app.task(
     name="incident.remediation.run",
+    # Acknowledged on start: an attempt may run up to an hour, longer than the
+    # broker's visibility timeout. A worker that dies mid-attempt leaves a
+    # lease that runs out, and the sweeper moves the run on.
+    acks_late=False,
     # The claim and the outcome are separate transactions, each safe to repeat:
     # a retry after a lost connection finds the attempt taken or still running.
     autoretry_for=(OperationalError, redis.ConnectionError, redis.TimeoutError),

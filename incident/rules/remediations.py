@@ -50,9 +50,8 @@ class RetryPolicy(StrictModel):
         return self
 
 
-# Celery's time limits sit a little above an attempt's timeout, and they must
-# stay well under the broker's 4 h visibility timeout, or a slow attempt is
-# delivered to a second worker while the first still runs it.
+# An attempt holds a worker process (and the breaker's half-open trial lease)
+# for up to this long; anything longer belongs in a job system of its own.
 MAX_ACTION_TIMEOUT = timedelta(hours=1)
 
 # RFC 9110 token characters.

@@ -17,10 +17,6 @@ from incident.logging import install_celery_logging
 from incident.worker.routes import INGEST, TASK_ROUTES, task_queues
 from incident.worker.transport import TRANSPORT as REDIS_TRANSPORT
 
-# Longer than any task may run (the longest hard time limit is a backup), so
-# Redis never hands a message that is still being worked on to a second worker.
-VISIBILITY_TIMEOUT = 4 * 3600
-
 TASK_MODULES = [
     "incident.incidents.tasks",
     "incident.notifications.tasks",
@@ -37,7 +33,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 3,
         "broker_transport_options": {
-            "visibility_timeout": VISIBILITY_TIMEOUT,
+            # Above every late-acknowledged task's hard time limit (asserted in
+            # tests), so a message still being worked on is never handed out
+            # twice; long work (remediations, backups) acknowledges early and
+            # recovers through its own lease or lock instead.
+            "visibility_timeout": settings.broker_visibility_timeout,
             "socket_connect_timeout": 3,
             "socket_timeout": 10,
         },

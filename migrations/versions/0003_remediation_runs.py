@@ -32,6 +32,7 @@ def upgrade() -> None:
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('wake_by_poll', sa.Boolean(), server_default='false', nullable=False),
     sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("status IN ('pending','running','succeeded','failed','skipped_circuit_open','cancelled')", name=op.f('ck_remediation_runs_status')),
     sa.ForeignKeyConstraint(['incident_id'], ['incidents.id'], name=op.f('fk_remediation_runs_incident_id_incidents'), ondelete='CASCADE'),

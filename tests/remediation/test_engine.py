@@ -355,3 +355,20 @@ def test_the_breaker_counts_runs_not_attempts_and_a_half_open_trial_gets_one_att
     assert (trial.status, trial.attempts) == ("failed", 1), "a trial is one attempt"
     assert len(target.requests) == before + 1
     assert harness.engine.breakers.states()[0]["state"] == "open"
+
+
+def test_a_long_backoff_waits_as_a_row_for_the_sweeper_not_as_a_broker_eta(
+    clean_state, redis_client, target
+):
+    harness = Harness(rules_for(target, backoff="4m", max_backoff="10m"), redis_client)
+    target.fail_next(1, status=500)
+    (first,) = harness.open().remediations
+    step = harness.engine.run_attempt(first.run_id, 1)
+    assert step.status == "pending" and step.next_attempts == []
+    assert harness.engine.sweep().next_attempts == [], "not due yet"
+    with session_scope() as session:
+        session.execute(update(RemediationRun).values(next_attempt_at=datetime.now(UTC)))
+    (due,) = harness.engine.sweep().next_attempts
+    assert (due.run_id, due.attempt, due.countdown) == (first.run_id, 2, 0.0)
+    assert harness.engine.sweep().next_attempts == [], "sent once"
+    assert harness.engine.run_attempt(due.run_id, 2).status == "succeeded"
