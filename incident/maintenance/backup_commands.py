@@ -36,6 +36,12 @@ def _progress(err: TextIO):
     return say
 
 
+def _context(err: TextIO):
+    """Settings, the database URL and the rules' backup policy (None: already reported)."""
+    settings = get_settings()
+    return settings, settings.require_database_url(), _policy(err)
+
+
 def create(
     *,
     backup_dir: Path | None = None,
@@ -44,9 +50,7 @@ def create(
     err: TextIO | None = None,
 ) -> int:
     out, err = out or sys.stdout, err or sys.stderr
-    settings = get_settings()
-    database_url = settings.require_database_url()
-    policy = _policy(err)
+    settings, database_url, policy = _context(err)
     if policy is None:
         return 2
     if keep is not None and keep < 1:
@@ -78,9 +82,7 @@ def verify(
     err: TextIO | None = None,
 ) -> int:
     out, err = out or sys.stdout, err or sys.stderr
-    settings = get_settings()
-    database_url = settings.require_database_url()
-    policy = _policy(err)
+    settings, database_url, policy = _context(err)
     if policy is None:
         return 2
     age_limit: timedelta = policy.max_age
