@@ -21,19 +21,23 @@ def payload_digest(payload: WebhookPayload) -> str:
     an HA pair sends each notification from every replica: those copies share a
     digest, so they can be recognised without touching the database.
     """
+    # Each alert as canonical JSON, sorted as bytes: a total order even when one
+    # fingerprint appears twice with different labels or endsAt.
     alerts = sorted(
-        (
-            a.fingerprint,
-            a.status,
-            a.starts_at.isoformat(),
-            a.ends_at.isoformat() if a.ends_at else None,
-            a.labels,
-            a.annotations,
+        orjson.dumps(
+            [
+                a.fingerprint,
+                a.status,
+                a.starts_at.isoformat(),
+                a.ends_at.isoformat() if a.ends_at else None,
+                a.labels,
+                a.annotations,
+            ],
+            option=orjson.OPT_SORT_KEYS,
         )
         for a in payload.alerts
     )
-    body = orjson.dumps(
-        [payload.receiver, payload.group_key, payload.status, alerts],
-        option=orjson.OPT_SORT_KEYS,
-    )
-    return hashlib.sha256(body).hexdigest()
+    digest = hashlib.sha256(orjson.dumps([payload.receiver, payload.group_key, payload.status]))
+    for alert in alerts:
+        digest.update(b"\n" + alert)
+    return digest.hexdigest()

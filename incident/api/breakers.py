@@ -9,11 +9,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from incident.api.auth import require_api_token
-from incident.api.errors import error_response
+from incident.api.errors import error_response, error_responses
 from incident.remediation.breaker import CircuitBreakers
 from incident.sharedstate import redis_for
 
-router = APIRouter(prefix="/api", dependencies=[Depends(require_api_token)])
+router = APIRouter(
+    prefix="/api", dependencies=[Depends(require_api_token)], responses=error_responses(401, 503)
+)
 
 
 class BreakerOut(BaseModel):

@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from incident.api import metrics as fleet_metrics
 from incident.api.auth import require_metrics_token
+from incident.api.errors import error_responses
 from incident.db import engine_for
 from incident.worker import app as celery_app
 
@@ -55,7 +56,16 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/metrics", dependencies=[Depends(require_metrics_token)])
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require_metrics_token)],
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format",
+              "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}},
+        **error_responses(401),
+    },
+)
 async def metrics(request: Request) -> Response:
     body, media_type = await run_in_threadpool(fleet_metrics.render, request.app.state.settings)
     return Response(body, media_type=media_type)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from incident.api.auth import require_api_token
-from incident.api.errors import error_response, validation_fields
+from incident.api.errors import error_response, error_responses, validation_fields
 from incident.db import engine_for, session_scope
 from incident.incidents import store
 from incident.incidents.models import TimelineKind
@@ -21,9 +21,18 @@ from incident.incidents.schemas import IncidentOut, IncidentPage, TransitionRequ
 from incident.notifications.planning import Channels
 from incident.notifications.tasks import enqueue_deliveries
 
-router = APIRouter(prefix="/api", dependencies=[Depends(require_api_token)])
+router = APIRouter(
+    prefix="/api", dependencies=[Depends(require_api_token)], responses=error_responses(401, 422)
+)
 
 IncidentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+# The body is read by hand (it may be empty), so the document is told its shape.
+_NOTE_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {"application/json": {"schema": TransitionRequest.model_json_schema()}},
+    }
+}
 
 
 def db_session(request: Request) -> Iterator[Session]:
@@ -51,7 +60,7 @@ def list_incidents(
     )
 
 
-@router.get("/incidents/{incident_id}", response_model=IncidentOut)
+@router.get("/incidents/{incident_id}", response_model=IncidentOut, responses=error_responses(404))
 def get_incident(incident_id: IncidentId, session: DbSession) -> IncidentOut:
     return IncidentOut.model_validate(store.get_incident(session, incident_id))
 
@@ -88,11 +97,17 @@ async def _by_hand(request: Request, incident_id: int, to: TimelineKind) -> Inci
     return await run_in_threadpool(_transition, request, incident_id, to, parsed.note)
 
 
-@router.post("/incidents/{incident_id}/acknowledge", response_model=IncidentOut)
+@router.post(
+    "/incidents/{incident_id}/acknowledge", response_model=IncidentOut,
+    responses=error_responses(400, 404, 409), openapi_extra=_NOTE_BODY,
+)
 async def acknowledge(incident_id: IncidentId, request: Request) -> IncidentOut | JSONResponse:
     return await _by_hand(request, incident_id, TimelineKind.ACKNOWLEDGED)
 
 
-@router.post("/incidents/{incident_id}/resolve", response_model=IncidentOut)
+@router.post(
+    "/incidents/{incident_id}/resolve", response_model=IncidentOut,
+    responses=error_responses(400, 404, 409), openapi_extra=_NOTE_BODY,
+)
 async def resolve(incident_id: IncidentId, request: Request) -> IncidentOut | JSONResponse:
     return await _by_hand(request, incident_id, TimelineKind.RESOLVED)

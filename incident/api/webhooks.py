@@ -9,11 +9,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from incident.alerts.identity import group_hash
 from incident.alerts.schemas import WebhookPayload
 from incident.api.auth import require_webhook_token
-from incident.api.errors import error_response, validation_fields
+from incident.api.errors import error_response, error_responses, validation_fields
 from incident.incidents.ingest import ingest_queue
 from incident.incidents.tasks import ingest_webhook
 from incident.metrics import count
@@ -32,7 +33,7 @@ class PayloadTooLarge(Exception):
 
 async def _read_bounded(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge
     chunks: list[bytes] = []
     size = 0
@@ -42,6 +43,36 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# Alertmanager's payload is four levels deep; anything far deeper is not one,
+# and would exhaust Python's recursion when the message is serialised.
+MAX_DEPTH = 32
+
+
+def _deeper_than(document: object, limit: int) -> str | None:
+    """The path of the first value nested deeper than ``limit``, if any."""
+    stack: list[tuple[object, int, str]] = [(document, 1, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, dict):
+            items = value.items()
+        elif isinstance(value, list):
+            items = enumerate(value)
+        else:
+            continue
+        if depth > limit:
+            # Name the field, not the run of list indices inside it.
+            parts = path.split(".")
+            while parts and parts[-1].isdigit():
+                parts.pop()
+            return ".".join(parts) or "(root)"
+        stack.extend(
+            (item, depth + 1, f"{path}.{key}" if path else str(key))
+            for key, item in items
+            if isinstance(item, dict | list)
+        )
+    return None
 
 
 def _is_json(content_type: str) -> bool:
@@ -65,6 +96,38 @@ def _enqueue(raw: dict, payload: WebhookPayload, queue: str) -> None:
     )
 
 
+def _inline(schema: dict) -> dict:
+    """A JSON schema with its ``$defs`` substituted in place, for the OpenAPI document."""
+    definitions = schema.pop("$defs", {})
+
+    def expand(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return expand(definitions[ref.removeprefix("#/$defs/")])
+            return {key: expand(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [expand(item) for item in node]
+        return node
+
+    return expand(schema)
+
+
+# The body is read by hand (bounded, streamed), so the document is told its shape.
+_PAYLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {
+            "schema": _inline(WebhookPayload.model_json_schema(by_alias=True))
+        }},
+    }
+}
+_ACCEPTED_SCHEMA = {
+    "type": "object",
+    "properties": {"status": {"type": "string"}, "alerts": {"type": "integer"}},
+}
+
+
 def _authenticated(request: Request) -> None:
     try:
         require_webhook_token(request)
@@ -83,7 +146,12 @@ _OUTCOMES = {
     "/webhooks/alertmanager",
     status_code=202,
     dependencies=[Depends(_authenticated)],
-    responses={400: {}, 401: {}, 413: {}, 415: {}, 422: {}, 503: {}},
+    responses={
+        202: {"description": "queued durably",
+              "content": {"application/json": {"schema": _ACCEPTED_SCHEMA}}},
+        **error_responses(400, 401, 413, 415, 422, 503),
+    },
+    openapi_extra=_PAYLOAD_BODY,
 )
 async def receive_alertmanager(request: Request) -> JSONResponse:
     response = await _receive(request)
@@ -99,6 +167,9 @@ async def _receive(request: Request) -> JSONResponse:
         body = await _read_bounded(request, settings.max_body_bytes)
     except PayloadTooLarge:
         return error_response(413, f"payload larger than {settings.max_body_bytes} bytes")
+    except ClientDisconnect:
+        # Nobody is left to answer; Alertmanager will send it again.
+        return error_response(400, "the client disconnected before sending the whole body")
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -108,6 +179,10 @@ async def _receive(request: Request) -> JSONResponse:
             422, "payload must be a JSON object",
             fields=[{"field": "", "message": "expected an object"}],
         )
+    if (deep := _deeper_than(raw, MAX_DEPTH)) is not None:
+        message = f"nested deeper than {MAX_DEPTH} levels"
+        return error_response(422, f"payload {message}",
+                              fields=[{"field": deep, "message": message}])
     try:
         payload = WebhookPayload.model_validate(raw)
     except ValidationError as exc:

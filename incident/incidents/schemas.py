@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from incident.alerts.schemas import Text
+
 
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -79,4 +81,4 @@ class IncidentPage(BaseModel):
 class TransitionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    note: str | None = Field(default=None, max_length=10_000)
+    note: Text | None = Field(default=None, max_length=10_000)
