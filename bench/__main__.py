@@ -10,7 +10,10 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHES = ("receiver", "end_to_end", "resend", "paging", "breaker", "backup")
+BENCHES = ("receiver", "end_to_end", "resend", "paging", "storm", "breaker", "backup")
+# Benches whose api and worker trees are sampled for peak RSS (bench.rss) from here;
+# the storm samples its own.
+RSS_DURING = ("end_to_end",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench import backup, breaker, end_to_end, loadgen, paging, receiver, report, resend
+    from bench import rss, storm
     from bench.noise import BackgroundLoad, cpu_speed_index
     from bench.stack import Stack
 
@@ -81,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             "end_to_end": lambda: end_to_end.run(stack, quick=args.quick),
             "resend": lambda: resend.run(stack, quick=args.quick),
             "paging": lambda: paging.run(stack, quick=args.quick),
+            "storm": lambda: storm.run(stack, quick=args.quick),
             "breaker": lambda: breaker.run(stack, quick=args.quick),
             "backup": lambda: backup.run(stack, quick=args.quick),
         }
@@ -88,12 +93,19 @@ def main(argv: list[str] | None = None) -> int:
             speed = cpu_speed_index()
             t0, mark = time.monotonic(), background.mark()
             print(f"bench: {name} ...", flush=True)
+            sampler = rss.RssSampler(stack) if name in RSS_DURING else None
+            if sampler is not None:
+                sampler.start()
             try:
                 results[name] = runners[name]()
             except Exception:
                 failed = True
                 results[name + "_error"] = traceback.format_exc()
                 print(traceback.format_exc(), file=sys.stderr)
+            finally:
+                peaks = sampler.stop() if sampler is not None else None
+            if peaks is not None and isinstance(results.get(name), dict):
+                results[name]["rss"] = peaks
             results.setdefault("durations_s", {})[name] = round(time.monotonic() - t0, 1)
             results.setdefault("cpu_during", {})[name] = {
                 **background.since(mark),

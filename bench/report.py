@@ -204,6 +204,11 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                     "",
                 )
             )
+    storm = results.get("storm")
+    if storm:
+        out.extend(_storm_rows(storm))
+    if e2e and e2e.get("rss"):
+        out.extend(_rss_rows("e2e", e2e["rss"]))
     breaker = results.get("breaker")
     if breaker:
         closed, refused, fleet = breaker["closed_success"], breaker["open_refusal"], breaker["concurrent"]
@@ -255,6 +260,140 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                 )
             )
     return out
+
+
+def _storm_rows(storm: dict) -> list[tuple[str, str, str, str]]:
+    offer, inc, alerts = storm["offer"], storm["incidents"], storm["alerts"]
+    pd, slack, drain, checks = storm["pagerduty"], storm["slack"], storm["drain"], storm["checks"]
+    name = f"storm {offer['alerts']:,} alerts/{offer['seconds']}s"
+    sev = ", ".join(f"{k} {v}" for k, v in inc["by_severity"].items())
+    left = drain["left_at_end"]
+    if drain["settled_s"] is not None:
+        settled = f"settled {drain['settled_s']:.1f} s"
+    else:
+        ledger = ", ".join(f"{k} {v}" for k, v in left["ledger"].items()) or "none"
+        settled = (
+            f"NOT settled within {drain['wait_limit_s']} s (ledger rows {ledger}; "
+            f"digest backlog {left['slack_digest']}, unacked {left['unacked']})"
+        )
+    ingest = drain["ingest_drained_s"]
+    ingest_text = f"{ingest:.1f} s" if ingest is not None else "never"
+    # Alerts not stored yet may be waiting in the ingest queue: no verdict on losses then.
+    undrained = (
+        ""
+        if ingest is not None
+        else f"; ingest NOT drained ({left['ingest']} webhooks still queued)"
+    )
+    drained = "" if ingest is not None else "n/a, not drained"
+    q = storm["queues"].get("max", {})
+    rows = [
+        (
+            f"{name}: webhooks accepted",
+            f"{offer['accepted']:,}/{offer['webhooks']:,} ({offer['webhooks_per_s']:.0f}/s, "
+            f"{offer['groups']:,} groups; POST p50/p99 {offer['post_p50_ms']:.0f}/"
+            f"{offer['post_p99_ms']:.0f} ms)",
+            "all",
+            _verdict(checks["all_accepted"]),
+        ),
+        (
+            f"{name}: incidents opened (database)",
+            f"{inc['opened']:,} of {inc['expected']:,} groups ({sev}); resolved "
+            f"{inc['by_status'].get('resolved', 0)}/{inc['expected_resolved']}{undrained}",
+            "1 per group",
+            drained or _verdict(checks["one_incident_per_group"]),
+        ),
+        (
+            f"{name}: lost alerts (fingerprint not in exactly 1 incident)",
+            f"{alerts['lost']} not stored, {alerts['in_several_incidents']} in several, "
+            f"{alerts['final_state_mismatches']} wrong final state (of {alerts['offered']:,})"
+            + undrained,
+            "0",
+            _lost_verdict(alerts, drained),
+        ),
+        (
+            f"{name}: PagerDuty events",
+            f"{pd['triggers']} triggers ({pd['distinct_keys_triggered']} dedup_keys), "
+            f"{pd['resolves']} resolves; {pd['paged_groups_expected']} groups to page, "
+            f"missing {pd['missing_pages']}",
+            "every SEV1/SEV2 paged",
+            _verdict(checks["no_missing_pages"]),
+        ),
+        (
+            f"{name}: duplicate pages (group under >1 dedup_key)",
+            f"{pd['duplicate_pages']} (repeat triggers of one key {pd['repeat_triggers_same_key']})",
+            "0",
+            _verdict(checks["no_duplicate_pages"]),
+        ),
+        (
+            f"{name}: Slack calls",
+            f"chat.postMessage {slack['post_parents']} parents + {slack['post_replies']} replies + "
+            f"{slack['post_digests']} digests, chat.update {slack['chat_update']}; "
+            f"{slack['ledger_rows_via_digest']}/{slack['ledger_rows']} ledger rows via digests",
+            "",
+            "",
+        ),
+        (
+            f"{name}: Slack peak rates",
+            f"posts max {slack['posts_max_1s']}/1 s, {slack['posts_max_10s']}/10 s, "
+            f"{slack['posts_max_60s']}/60 s; chat.update max {slack['updates_max_60s']}/60 s",
+            f"posts 1/s (+{slack['limit_burst']}), update {slack['limit_updates_per_min']}/min",
+            _verdict(checks["slack_within_limits"]),
+        ),
+        (
+            f"{name}: drain after the offer",
+            f"ingest drained {ingest_text}; {settled}",
+            f"settled <= {drain['wait_limit_s']} s",
+            _verdict(checks["settled"]),
+        ),
+        (
+            f"{name}: queue depth max",
+            f"ingest {q.get('ingest')}, page {q.get('page')}, notify {q.get('notify')}, "
+            f"reserved {q.get('unacked')}, Slack digest backlog {q.get('slack_digest')}",
+            "",
+            "",
+        ),
+    ]
+    rows.extend(_rss_rows(name, storm["rss"]))
+    logs = [storm["logs"]["api"], *storm["logs"]["workers"]]
+    errors = sum(log.get("errors", 0) for log in logs)
+    warnings = sum(log.get("warnings", 0) for log in logs)
+    top = next((log["top"][0] for log in logs if log.get("top")), "")
+    rows.append(
+        (
+            f"{name}: api + worker log errors / warnings",
+            f"{errors} / {warnings}" + (f" (most: {top[:100]})" if top else ""),
+            "",
+            "",
+        )
+    )
+    return rows
+
+
+def _lost_verdict(alerts: dict, not_drained: str) -> str:
+    if alerts["in_several_incidents"] or alerts["unexpected"]:
+        return _verdict(False)
+    if not_drained and (alerts["lost"] or alerts["final_state_mismatches"]):
+        return not_drained
+    return _verdict(alerts["lost"] == 0 and alerts["final_state_mismatches"] == 0)
+
+
+def _rss_rows(name: str, rss: dict) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for role in ("api", "worker"):
+        peaks = rss.get(role)
+        if not peaks:
+            continue
+        rows.append(
+            (
+                f"{name}: peak RSS {role} ({peaks['processes']} processes)",
+                f"{peaks['peak_rss_mib']:.0f} MiB summed (PSS {peaks['peak_pss_mib']:.0f}); "
+                f"largest tree {peaks['peak_tree_rss_mib']:.0f}, largest process "
+                f"{peaks['peak_process_rss_mib']:.0f} MiB",
+                "",
+                "",
+            )
+        )
+    return rows
 
 
 def _verdict(ok: bool) -> str:
