@@ -20,7 +20,9 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "incident.incidents.ingest_webhook": {"queue": INGEST},
     # Pages are sent with queue=PAGE at the call site; the rest default here.
     "incident.notifications.deliver": {"queue": NOTIFY},
-    "incident.notifications.flush_slack_digest": {"queue": NOTIFY},
+    # A few small tasks (one per channel every few seconds) that release many
+    # coalesced rows: behind a storm's backlog in `notify` they would starve.
+    "incident.notifications.flush_slack_digest": {"queue": PAGE},
     "incident.notifications.fire_escalations": {"queue": PAGE},
     "incident.notifications.sweep_undelivered": {"queue": MAINTENANCE},
     "incident.remediation.run": {"queue": REMEDIATE},
