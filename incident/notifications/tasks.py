@@ -72,7 +72,9 @@ def backoff(retries: int) -> float:
     soft_time_limit=60,
     time_limit=90,
 )
-def deliver_notification(self, *, notification_id: int) -> str:
+def deliver_notification(self, *, notification_id: int, failures: int = 0) -> str:
+    """``failures`` counts real failures only: waiting for a parent message or a
+    rate-limit token is not one, so a long wait cannot use up the retries."""
     structlog.contextvars.bind_contextvars(notification_id=notification_id)
     try:
         return delivery.deliver(notification_id, task_id=self.request.id, notifiers=notifiers())
@@ -80,15 +82,19 @@ def deliver_notification(self, *, notification_id: int) -> str:
         delivery.mark_failed(notification_id, str(exc))
         return delivery.Outcome.FAILED
     except delivery.RetryLater as exc:
+        # Celery's own count covers waits and failures; bounded all the same.
+        ceiling = WAIT_LIMIT + self.max_retries
         if not exc.counts:
-            # Bounded all the same: about ten minutes of waiting at most.
-            raise self.retry(countdown=exc.countdown, max_retries=WAIT_LIMIT) from None
-        if self.request.retries >= self.max_retries:
-            delivery.mark_failed(notification_id, f"gave up after {self.request.retries + 1} attempts: {exc.reason}")
+            raise self.retry(countdown=exc.countdown, max_retries=ceiling) from None
+        if failures >= self.max_retries:
+            delivery.mark_failed(notification_id, f"gave up after {failures + 1} attempts: {exc.reason}")
             return delivery.Outcome.FAILED
-        countdown = exc.countdown or backoff(self.request.retries)
+        countdown = exc.countdown or backoff(failures)
         log.info("notification retry", countdown=round(countdown, 1), reason=exc.reason)
-        raise self.retry(countdown=countdown) from None
+        raise self.retry(
+            countdown=countdown, max_retries=ceiling,
+            kwargs={"notification_id": notification_id, "failures": failures + 1},
+        ) from None
 
 
 def _schedule_digest_flush(channel: str, countdown: float) -> None:
