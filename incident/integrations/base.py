@@ -131,15 +131,24 @@ class SlackPoster(Protocol):
     our commit, that the message already exists.
     """
 
-    def post_parent(self, channel: str, incident: IncidentView, *, ledger_id: int) -> str:
-        """Post the incident's parent message; returns its ``ts``."""
+    def post_parent(
+        self, channel: str, incident: IncidentView, *, ledger_id: int, stamp: str = ""
+    ) -> str:
+        """Post the incident's parent message; returns its ``ts``.
+
+        ``stamp`` (the ledger row's creation time) goes beside ``ledger_id`` in
+        the message, so a lookup never takes another installation's message,
+        or one posted before a database restore, for this row's.
+        """
         ...
 
     def update_parent(self, channel: str, ts: str, incident: IncidentView) -> None:
         """Re-render the parent message with the incident's current state."""
         ...
 
-    def reply(self, channel: str, thread_ts: str, text: str, *, ledger_id: int) -> str:
+    def reply(
+        self, channel: str, thread_ts: str, text: str, *, ledger_id: int, stamp: str = ""
+    ) -> str:
         """Post plain ``text`` in the parent's thread; returns the reply's ``ts``."""
         ...
 
@@ -152,6 +161,7 @@ class SlackPoster(Protocol):
         channel: str,
         *,
         ledger_id: int,
+        stamp: str = "",
         thread_ts: str | None = None,
         oldest: float | None = None,
     ) -> str | None:

@@ -75,9 +75,11 @@ class SlackNotifier:
     def __repr__(self) -> str:
         return f"SlackNotifier(api_url={self._client.base_url!r})"
 
-    def post_parent(self, channel: str, incident: IncidentView, *, ledger_id: int) -> str:
+    def post_parent(
+        self, channel: str, incident: IncidentView, *, ledger_id: int, stamp: str = ""
+    ) -> str:
         text, blocks = render_parent(incident)
-        metadata = notification_metadata(ledger_id, incident_id=incident.id)
+        metadata = notification_metadata(ledger_id, stamp=stamp, incident_id=incident.id)
         return self._post(channel, text=text, blocks=blocks, metadata=metadata)
 
     def update_parent(self, channel: str, ts: str, incident: IncidentView) -> None:
@@ -89,12 +91,14 @@ class SlackNotifier:
             lambda: self._client.chat_update(channel=channel_id, ts=ts, text=text, blocks=blocks),
         )
 
-    def reply(self, channel: str, thread_ts: str, text: str, *, ledger_id: int) -> str:
+    def reply(
+        self, channel: str, thread_ts: str, text: str, *, ledger_id: int, stamp: str = ""
+    ) -> str:
         return self._post(
             channel,
             text=render_reply(text),
             thread_ts=thread_ts,
-            metadata=notification_metadata(ledger_id),
+            metadata=notification_metadata(ledger_id, stamp=stamp),
         )
 
     def post_digest(self, channel: str, lines: list[str], *, ledger_id: int) -> str:
@@ -108,6 +112,7 @@ class SlackNotifier:
         channel: str,
         *,
         ledger_id: int,
+        stamp: str = "",
         thread_ts: str | None = None,
         oldest: float | None = None,
     ) -> str | None:
@@ -122,7 +127,7 @@ class SlackNotifier:
             query = {"oldest": f"{oldest:.6f}"} if oldest is not None else {}
         for page in self._pages(method, fetch, channel=channel_id, **query):
             for message in page.get("messages") or []:
-                if _ledger_id_of(message) == ledger_id:
+                if _ledger_identity_of(message) == (ledger_id, stamp):
                     return str(message["ts"])
         return None
 
@@ -193,13 +198,14 @@ class SlackNotifier:
             ) from exc
 
 
-def _ledger_id_of(message: dict[str, Any]) -> int | None:
+def _ledger_identity_of(message: dict[str, Any]) -> tuple[int, str] | None:
+    """The ledger row a message was posted for: its id and its creation stamp."""
     metadata = message.get("metadata") or {}
     if metadata.get("event_type") != NOTIFICATION_EVENT_TYPE:
         return None
-    value = (metadata.get("event_payload") or {}).get("ledger_id")
+    payload = metadata.get("event_payload") or {}
     try:
-        return int(value)
+        return int(payload.get("ledger_id")), str(payload.get("stamp", ""))
     except (TypeError, ValueError):
         return None
 

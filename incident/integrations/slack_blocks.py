@@ -85,7 +85,9 @@ def mrkdwn_link(url: str, label: str) -> str | None:
 def notification_metadata(ledger_id: int, **extra: Any) -> dict[str, Any]:
     return {
         "event_type": NOTIFICATION_EVENT_TYPE,
-        "event_payload": {"ledger_id": ledger_id, **extra},
+        "event_payload": {
+            "ledger_id": ledger_id, **{key: value for key, value in extra.items() if value != ""}
+        },
     }
 
 

@@ -69,6 +69,8 @@ class Claim:
     kind: TimelineKind
     parent_ts: str | None
     view: IncidentView
+    # The row's creation time: with its id, what identifies its Slack message.
+    stamp: str = ""
 
 
 def deliver(
@@ -143,6 +145,7 @@ def _claim(
         id=row.id, channel=Channel(row.channel), action=Action(row.action), target=row.target,
         text=row.text, priority=row.priority, recovering=recovering, claimed_at=claimed_at,
         kind=kind, parent_ts=parent_ts, view=incident_view(incident, public_url),
+        stamp=row.created_at.isoformat(),
     )
 
 
@@ -196,7 +199,8 @@ def _send_slack(claim: Claim, notifiers: Notifiers) -> str:
     if claim.recovering:
         oldest = (claim.claimed_at - timedelta(minutes=1)).timestamp()
         found = slack.find_posted(
-            channel, ledger_id=claim.id, thread_ts=_thread_of(claim.parent_ts), oldest=oldest
+            channel, ledger_id=claim.id, stamp=claim.stamp,
+            thread_ts=_thread_of(claim.parent_ts), oldest=oldest,
         )
         if found is not None:
             log.info("already posted before a crash; not posting again", notification_id=claim.id)
@@ -210,8 +214,10 @@ def _send_slack(claim: Claim, notifiers: Notifiers) -> str:
         notifiers.digests.add(channel, claim.id)
         raise _Coalesced
     if claim.action is Action.TRIGGER:
-        return slack.post_parent(channel, claim.view, ledger_id=claim.id)
-    return slack.reply(channel, _thread_of(parent_ts), claim.text or "", ledger_id=claim.id)
+        return slack.post_parent(channel, claim.view, ledger_id=claim.id, stamp=claim.stamp)
+    return slack.reply(
+        channel, _thread_of(parent_ts), claim.text or "", ledger_id=claim.id, stamp=claim.stamp
+    )
 
 
 def _thread_of(parent_ts: str | None) -> str | None:

@@ -187,6 +187,17 @@ def test_find_posted_finds_our_message_by_ledger_id(
     assert history.body["include_all_metadata"] == "1"
 
 
+def test_find_posted_needs_the_stamp_too_so_a_reused_ledger_id_is_not_taken_for_ours(
+    slack: SlackNotifier, incident: IncidentView
+) -> None:
+    # Another installation in the channel, or this one before a database restore.
+    theirs = slack.post_parent(CHANNEL, incident, ledger_id=7, stamp="2026-11-01T02:00:00+00:00")
+    assert slack.find_posted(CHANNEL, ledger_id=7, stamp="2026-11-22T03:00:00+00:00") is None
+    ours = slack.post_parent(CHANNEL, incident, ledger_id=7, stamp="2026-11-22T03:00:00+00:00")
+    assert slack.find_posted(CHANNEL, ledger_id=7, stamp="2026-11-22T03:00:00+00:00") == ours
+    assert slack.find_posted(CHANNEL, ledger_id=7, stamp="2026-11-01T02:00:00+00:00") == theirs
+
+
 def test_find_posted_follows_pages(
     slack: SlackNotifier,
     fake_slack: FakeSlack,
