@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 from urllib.parse import quote
 
@@ -152,8 +153,20 @@ class SlackPoster(Protocol):
         """Post plain ``text`` in the parent's thread; returns the reply's ``ts``."""
         ...
 
-    def post_digest(self, channel: str, lines: list[str], *, ledger_id: int) -> str:
-        """Post one top-level message listing ``lines``; returns its ``ts``."""
+    def post_digest(
+        self, channel: str, lines: list[str], *, ledger_id: int,
+        covers: Sequence[tuple[int, str]] = (),
+    ) -> str:
+        """Post one top-level message listing ``lines``; returns its ``ts``.
+
+        ``covers`` names each ledger row (id, stamp) the digest stands for.
+        """
+        ...
+
+    def find_digested(
+        self, channel: str, *, ledger_id: int, stamp: str, oldest: float | None = None
+    ) -> str | None:
+        """The ``ts`` of a digest already posted that covers this ledger row, else None."""
         ...
 
     def find_posted(

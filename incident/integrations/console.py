@@ -6,6 +6,8 @@ credentials.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import structlog
 
 from incident.integrations.base import IncidentView
@@ -38,9 +40,16 @@ class ConsoleNotifier:
         )
         return f"console-{ledger_id}"
 
-    def post_digest(self, channel: str, lines: list[str], *, ledger_id: int) -> str:
+    def post_digest(
+        self, channel: str, lines: list[str], *, ledger_id: int, covers: Sequence = ()
+    ) -> str:
         log.info("would post slack digest", channel=channel, lines=lines, ledger_id=ledger_id)
         return f"console-{ledger_id}"
+
+    def find_digested(
+        self, channel: str, *, ledger_id: int, stamp: str, oldest: float | None = None
+    ) -> str | None:
+        return None
 
     def find_posted(
         self,

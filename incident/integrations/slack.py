@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from http.client import HTTPException
 from typing import Any
 
@@ -101,11 +101,30 @@ class SlackNotifier:
             metadata=notification_metadata(ledger_id, stamp=stamp),
         )
 
-    def post_digest(self, channel: str, lines: list[str], *, ledger_id: int) -> str:
+    def post_digest(
+        self, channel: str, lines: list[str], *, ledger_id: int,
+        covers: Sequence[tuple[int, str]] = (),
+    ) -> str:
         text, blocks = render_digest(lines)
-        return self._post(
-            channel, text=text, blocks=blocks, metadata=notification_metadata(ledger_id)
-        )
+        metadata = notification_metadata(ledger_id, covers=[list(each) for each in covers])
+        return self._post(channel, text=text, blocks=blocks, metadata=metadata)
+
+    def find_digested(
+        self, channel: str, *, ledger_id: int, stamp: str, oldest: float | None = None
+    ) -> str | None:
+        """The ``ts`` of a digest already posted that covers this ledger row, else None."""
+        channel_id = self._channel_id(channel)
+        query = {"oldest": f"{oldest:.6f}"} if oldest is not None else {}
+        wanted = [ledger_id, stamp]
+        fetch = self._client.conversations_history
+        for page in self._pages("conversations.history", fetch, channel=channel_id, **query):
+            for message in page.get("messages") or []:
+                metadata = message.get("metadata") or {}
+                if metadata.get("event_type") != NOTIFICATION_EVENT_TYPE:
+                    continue
+                if wanted in ((metadata.get("event_payload") or {}).get("covers") or []):
+                    return str(message["ts"])
+        return None
 
     def find_posted(
         self,

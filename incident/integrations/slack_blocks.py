@@ -86,7 +86,8 @@ def notification_metadata(ledger_id: int, **extra: Any) -> dict[str, Any]:
     return {
         "event_type": NOTIFICATION_EVENT_TYPE,
         "event_payload": {
-            "ledger_id": ledger_id, **{key: value for key, value in extra.items() if value != ""}
+            "ledger_id": ledger_id,
+            **{key: value for key, value in extra.items() if value not in ("", [], ())},
         },
     }
 

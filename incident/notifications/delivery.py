@@ -205,6 +205,10 @@ def _send_slack(claim: Claim, notifiers: Notifiers) -> str:
         if found is not None:
             log.info("already posted before a crash; not posting again", notification_id=claim.id)
             return found
+        digested = slack.find_digested(channel, ledger_id=claim.id, stamp=claim.stamp, oldest=oldest)
+        if digested is not None:
+            log.info("already in a digest posted before a crash", notification_id=claim.id)
+            return DIGEST_PREFIX + digested
     wait = notifiers.slack_bucket.take(channel, priority=claim.priority)
     if wait > 0:
         if claim.priority:

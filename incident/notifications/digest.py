@@ -53,8 +53,8 @@ class SlackDigests:
             self.schedule(channel)
 
 
-def digest_lines(ids: list[int]) -> list[tuple[int, str]]:
-    """Each coalesced row still waiting, as (id, line)."""
+def digest_lines(ids: list[int]) -> list[tuple[int, str, str]]:
+    """Each coalesced row still waiting, as (id, line, stamp)."""
     with session_scope() as session:
         rows = session.scalars(
             select(Notification)
@@ -63,7 +63,11 @@ def digest_lines(ids: list[int]) -> list[tuple[int, str]]:
             .order_by(Notification.id)
         ).all()
         return [
-            (row.id, f"[{row.incident.severity}] {row.incident.title}: {row.text or row.action}")
+            (
+                row.id,
+                f"[{row.incident.severity}] {row.incident.title}: {row.text or row.action}",
+                row.created_at.isoformat(),
+            )
             for row in rows
         ]
 

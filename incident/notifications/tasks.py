@@ -112,17 +112,20 @@ def flush_slack_digest(self, *, channel: str) -> int:
     lines = digest_lines(ids) if ids else []
     if lines:
         try:
+            # Every row it covers is named in it, so a crash before the rows are
+            # marked is recovered by looking, not by telling everyone again.
             ts = n.require_slack().post_digest(
-                channel, [line for _, line in lines], ledger_id=lines[0][0]
+                channel, [line for _, line, _ in lines], ledger_id=lines[0][0],
+                covers=[(notification_id, stamp) for notification_id, _, stamp in lines],
             )
         except DeliveryError as exc:
             n.digests.put_back(channel, ids)
             if exc.retryable:
                 raise self.retry(countdown=exc.retry_after or backoff(self.request.retries)) from exc
-            for notification_id, _ in lines:
+            for notification_id, _, _ in lines:
                 delivery.mark_failed(notification_id, str(exc))
         else:
-            mark_digested([notification_id for notification_id, _ in lines], ts)
+            mark_digested([notification_id for notification_id, _, _ in lines], ts)
     n.digests.done(channel)
     return len(lines)
 

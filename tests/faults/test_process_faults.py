@@ -209,12 +209,13 @@ def test_workers_sigkilled_mid_stream_lose_nothing_and_tell_nobody_twice(
         rows = ledger(own_postgres.url)
         by_id = {i.id: i for i in found}
 
-        # Slack: never two parent messages for one incident; a page always has its
-        # own; the others may have been folded into a digest when the stream
-        # outran the channel's rate limit. (A digest whose flush was killed after
-        # Slack stored it is told again: see the xfail test below.)
+        # Slack: every opening told exactly once, as a parent message or a digest
+        # line; a page always has its own parent; the others may have been folded
+        # into a digest when the stream outran the channel's rate limit.
         parents, in_digests = slack_openings(fake_slack, {i.title: i.id for i in found})
         assert {i: n for i, n in parents.items() if n > 1} == {}, "two parent messages"
+        told = {i: parents[i] + in_digests[i] for i in by_id}
+        assert {i: n for i, n in told.items() if n != 1} == {}, "an opening told twice"
         assert {i.id for i in found if i.severity in PAGING} <= set(parents)
         assert set(parents) | set(in_digests) == set(by_id), "an incident Slack never heard of"
         assert not {i for i in in_digests if by_id[i].severity in PAGING}
@@ -244,12 +245,6 @@ class ToldTwice(AssertionError):
     """Slack heard of one opening twice, or a digest is recorded as a parent message."""
 
 
-@pytest.mark.xfail(
-    raises=ToldTwice, strict=True,
-    reason="product bug: a Slack digest carries only its first ledger id, so after its "
-    "flush dies between chat.postMessage and mark_digested the sweeper posts the "
-    "other rows again, and records the first with the digest's ts as its parent",
-)
 @pytest.mark.timeout(180)
 def test_a_digest_flush_killed_after_slack_stored_it_tells_nobody_twice(
     notify_env, own_postgres, own_redis, fake_slack, tmp_path
