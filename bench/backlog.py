@@ -90,12 +90,20 @@ def drain_rate(
     }
 
 
+# The receiver queues webhooks with a SEV1/SEV2 alert on `page`, the rest on `ingest`.
+WEBHOOK_QUEUES = ("ingest", "page")
+
+
+def waiting_webhooks(r) -> int:
+    return sum(r.llen(queue) for queue in WEBHOOK_QUEUES)
+
+
 def wait_idle(stack: Stack, timeout: float = 60.0) -> bool:
-    """Wait until no ingest message waits or is being worked on."""
+    """Wait until no webhook message waits or is being worked on."""
     r = stack.redis()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if r.llen("ingest") == 0 and r.hlen("unacked") == 0:
+        if waiting_webhooks(r) == 0 and r.hlen("unacked") == 0:
             return True
         time.sleep(0.1)
     return False

@@ -2,7 +2,7 @@
 
 For each worker concurrency: first the drain ceiling (a pre-filled backlog of new
 groups, workers alone on the CPU), then a fixed rate of new groups posted to the
-api for the sustained duration while ``LLEN ingest`` is sampled every second.
+api for the sustained duration while the webhook queues' length is sampled every second.
 A rate holds when the queue does not grow and every accepted payload ends up as
 its incident with all its alerts. The second attempt steps up after a rate that held, or down to just under the
 rate actually served (offered minus queue growth) after one that did not.
@@ -165,7 +165,7 @@ def _slope(samples: list[tuple[float, int]]) -> float:
 
 
 class _QueueSampler(threading.Thread):
-    """LLEN ingest once a second, off the load generator's event loop."""
+    """Webhook messages waiting (ingest + page) once a second, off the load generator's loop."""
 
     def __init__(self, stack: Stack) -> None:
         super().__init__(daemon=True)
@@ -176,7 +176,7 @@ class _QueueSampler(threading.Thread):
     def run(self) -> None:
         start = time.monotonic()
         while True:
-            self.samples.append((time.monotonic() - start, self._redis.llen("ingest")))
+            self.samples.append((time.monotonic() - start, backlog.waiting_webhooks(self._redis)))
             if self._halt.wait(1.0):
                 break
 

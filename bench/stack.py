@@ -143,7 +143,8 @@ class Stack:
             self._postgres.stop()
         leftovers = leftover_processes(self.run_id)
         leftovers += [f"{pid} {name}" for name, pid in servers if pid and not process_gone(pid)]
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not os.environ.get("INCIDENT_BENCH_KEEP"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
         return leftovers
 
 
