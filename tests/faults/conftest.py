@@ -43,7 +43,8 @@ from tests.conftest import (
     wait_for,
 )
 from tests.factories import alert
-from tests.fakes.pagerduty import FakePagerDuty
+from tests.fakes.pagerduty import DEFAULT_ROUTING_KEY, FakePagerDuty
+from tests.fakes.slack import DEFAULT_TOKEN as SLACK_TOKEN
 from tests.fakes.slack import FakeSlack
 
 
@@ -315,3 +316,62 @@ def slack_openings(fake_slack: FakeSlack, titles: dict[str, int]) -> tuple[Count
         else:
             digest_lines.update(titles[t] for t in DIGESTED_OPENING.findall(message.text or ""))
     return parents, digest_lines
+
+
+# --- a notifying pipeline: fake Slack and PagerDuty, two workers, an api ----------
+# For test modules that set RULES and CHANNEL; a module may define its own.
+
+
+@pytest.fixture(scope="module")
+def fake_slack(request) -> Iterator[FakeSlack]:
+    with FakeSlack(channels=(request.module.CHANNEL,)) as slack:
+        yield slack
+
+
+@pytest.fixture(scope="module")
+def fake_pagerduty() -> Iterator[FakePagerDuty]:
+    with FakePagerDuty() as pagerduty:
+        yield pagerduty
+
+
+@pytest.fixture(scope="module")
+def pipeline_env(
+    request, incident_environment, fake_slack, fake_pagerduty, tmp_path_factory
+) -> dict[str, str]:
+    rules = tmp_path_factory.mktemp("rules") / "rules.yml"
+    rules.write_text(request.module.RULES)
+    return {
+        **incident_environment,
+        "INCIDENT_SLACK_BOT_TOKEN": SLACK_TOKEN,
+        "INCIDENT_SLACK_CHANNEL": fake_slack.channel_id(request.module.CHANNEL),
+        "INCIDENT_SLACK_API_URL": fake_slack.url,
+        "INCIDENT_PAGERDUTY_ROUTING_KEY": DEFAULT_ROUTING_KEY,
+        "INCIDENT_PAGERDUTY_EVENTS_URL": fake_pagerduty.url,
+        "SSL_CERT_FILE": fake_pagerduty.ca_path,
+        "INCIDENT_RULES_FILE": str(rules),
+    }
+
+
+@pytest.fixture(scope="module")
+def workers(pipeline_env, tmp_path_factory) -> Iterator[list[WorkerProcess]]:
+    """Two worker processes of two pool processes each: retries land on any of them."""
+    redis.Redis.from_url(pipeline_env["INCIDENT_BROKER_URL"]).flushdb()
+    logs = tmp_path_factory.mktemp("workers")
+    processes = [WorkerProcess(pipeline_env, logs / f"worker{n}.log") for n in (1, 2)]
+    try:
+        for process in processes:
+            process.wait_ready()
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()
+
+
+@pytest.fixture(scope="module")
+def api(pipeline_env, tmp_path_factory) -> Iterator[ApiProcess]:
+    process = ApiProcess(pipeline_env, tmp_path_factory.mktemp("api") / "api.log")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()

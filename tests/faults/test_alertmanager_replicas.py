@@ -20,11 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from tests.conftest import ApiProcess, WorkerProcess, wait_for
-from tests.fakes.pagerduty import DEFAULT_ROUTING_KEY, FakePagerDuty
-from tests.fakes.slack import DEFAULT_TOKEN, FakeSlack
+from tests.conftest import ApiProcess, wait_for
 from tests.notifications.support import all_incidents, drained, ledger
 from tests.test_alertmanager import NOTIFY_FAILED, AlertmanagerProcess, prometheus_alert
 
@@ -52,58 +49,6 @@ def alertmanager_binary() -> str:
             pytrace=False,
         )
     return found
-
-
-@pytest.fixture(scope="module")
-def fake_slack() -> Iterator[FakeSlack]:
-    with FakeSlack(channels=(CHANNEL,)) as slack:
-        yield slack
-
-
-@pytest.fixture(scope="module")
-def fake_pagerduty() -> Iterator[FakePagerDuty]:
-    with FakePagerDuty() as pagerduty:
-        yield pagerduty
-
-
-@pytest.fixture(scope="module")
-def replica_env(incident_environment, fake_slack, fake_pagerduty, tmp_path_factory) -> dict[str, str]:
-    rules = tmp_path_factory.mktemp("rules") / "rules.yml"
-    rules.write_text(RULES)
-    return {
-        **incident_environment,
-        "INCIDENT_SLACK_BOT_TOKEN": DEFAULT_TOKEN,
-        "INCIDENT_SLACK_CHANNEL": fake_slack.channel_id(CHANNEL),
-        "INCIDENT_SLACK_API_URL": fake_slack.url,
-        "INCIDENT_PAGERDUTY_ROUTING_KEY": DEFAULT_ROUTING_KEY,
-        "INCIDENT_PAGERDUTY_EVENTS_URL": fake_pagerduty.url,
-        "SSL_CERT_FILE": fake_pagerduty.ca_path,
-        "INCIDENT_RULES_FILE": str(rules),
-    }
-
-
-@pytest.fixture(scope="module")
-def workers(replica_env, tmp_path_factory) -> Iterator[list[WorkerProcess]]:
-    redis.Redis.from_url(replica_env["INCIDENT_BROKER_URL"]).flushdb()
-    logs = tmp_path_factory.mktemp("workers")
-    processes = [WorkerProcess(replica_env, logs / f"worker{n}.log") for n in (1, 2)]
-    try:
-        for process in processes:
-            process.wait_ready()
-        yield processes
-    finally:
-        for process in processes:
-            process.stop()
-
-
-@pytest.fixture(scope="module")
-def api(replica_env, tmp_path_factory) -> Iterator[ApiProcess]:
-    process = ApiProcess(replica_env, tmp_path_factory.mktemp("api") / "api.log")
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

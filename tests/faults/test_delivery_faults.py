@@ -23,14 +23,13 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from sqlalchemy import text
 
 from incident.db import engine_for
 from tests import factories
-from tests.conftest import ApiProcess, WorkerProcess, wait_for
+from tests.conftest import wait_for
 from tests.fakes.http_server import RecordedRequest
-from tests.fakes.pagerduty import DEFAULT_ROUTING_KEY, FakePagerDuty
+from tests.fakes.pagerduty import FakePagerDuty
 from tests.fakes.slack import DEFAULT_TOKEN, FakeSlack
 from tests.notifications.support import all_incidents, drained, ledger, post
 
@@ -51,59 +50,6 @@ escalation:
   SEV1: {pagerduty: critical, slack: true}
   SEV2: {pagerduty: error, slack: true}
 """
-
-
-@pytest.fixture(scope="module")
-def fake_slack() -> Iterator[FakeSlack]:
-    with FakeSlack(channels=(CHANNEL,)) as slack:
-        yield slack
-
-
-@pytest.fixture(scope="module")
-def fake_pagerduty() -> Iterator[FakePagerDuty]:
-    with FakePagerDuty() as pagerduty:
-        yield pagerduty
-
-
-@pytest.fixture(scope="module")
-def fault_env(incident_environment, fake_slack, fake_pagerduty, tmp_path_factory) -> dict[str, str]:
-    rules = tmp_path_factory.mktemp("rules") / "rules.yml"
-    rules.write_text(RULES)
-    return {
-        **incident_environment,
-        "INCIDENT_SLACK_BOT_TOKEN": DEFAULT_TOKEN,
-        "INCIDENT_SLACK_CHANNEL": fake_slack.channel_id(CHANNEL),
-        "INCIDENT_SLACK_API_URL": fake_slack.url,
-        "INCIDENT_PAGERDUTY_ROUTING_KEY": DEFAULT_ROUTING_KEY,
-        "INCIDENT_PAGERDUTY_EVENTS_URL": fake_pagerduty.url,
-        "SSL_CERT_FILE": fake_pagerduty.ca_path,
-        "INCIDENT_RULES_FILE": str(rules),
-    }
-
-
-@pytest.fixture(scope="module")
-def workers(fault_env, tmp_path_factory) -> Iterator[list[WorkerProcess]]:
-    """Two worker processes of two pool processes each: retries land on any of them."""
-    redis.Redis.from_url(fault_env["INCIDENT_BROKER_URL"]).flushdb()
-    logs = tmp_path_factory.mktemp("workers")
-    processes = [WorkerProcess(fault_env, logs / f"worker{n}.log") for n in (1, 2)]
-    try:
-        for process in processes:
-            process.wait_ready()
-        yield processes
-    finally:
-        for process in processes:
-            process.stop()
-
-
-@pytest.fixture(scope="module")
-def api(fault_env, tmp_path_factory) -> Iterator[ApiProcess]:
-    process = ApiProcess(fault_env, tmp_path_factory.mktemp("api") / "api.log")
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(autouse=True)
