@@ -313,3 +313,13 @@ async def _open_loop(target, body_for, rate, seconds, warmup, connections, timeo
         if conn is not None:
             conn.close()
     return result
+
+
+async def finish(in_flight: set, pool) -> None:
+    """Wait (at most 15 s) for the posts still in flight, then close the pool's connections."""
+    if in_flight:
+        await asyncio.wait(set(in_flight), timeout=15)
+    while not pool.empty():
+        conn = pool.get_nowait()
+        if conn is not None:
+            conn.close()

@@ -219,12 +219,7 @@ async def _drive(target, pages: GroupBodies, background, plan) -> tuple[list[_Po
             )
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
-        if in_flight:
-            await asyncio.wait(set(in_flight), timeout=15)
-        while not pool.empty():
-            conn = pool.get_nowait()
-            if conn is not None:
-                conn.close()
+        await loadgen.finish(in_flight, pool)
 
     await asyncio.gather(schedule(bg_posts, background, 8), schedule(page_posts, pages, 4))
     bg_accepted = sum(p.accepted for p in bg_posts)

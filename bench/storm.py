@@ -59,7 +59,7 @@ import orjson
 from sqlalchemy import create_engine, text
 
 from bench import backlog
-from bench.loadgen import Connection, Target, percentile, request_bytes, run_loop
+from bench.loadgen import Connection, Target, finish, percentile, request_bytes, run_loop
 from bench.payloads import GroupBodies, group_id
 from bench.rss import RssSampler
 from bench.stack import WEBHOOK_TOKEN, Stack
@@ -459,12 +459,7 @@ async def _offer(target: Target, requests: list[bytes], seconds: float):
         task = loop.create_task(post(i))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
-    if in_flight:
-        await asyncio.wait(set(in_flight), timeout=15)
-    while not pool.empty():
-        conn = pool.get_nowait()
-        if conn is not None:
-            conn.close()
+    await finish(in_flight, pool)
     return posts, start
 
 
