@@ -15,13 +15,13 @@ from incident.remediation.command_action import describe_command, run_command
 from incident.remediation.context import ActionOutcome, RemediationContext
 from incident.remediation.http_action import describe_http, run_http
 from incident.remediation.python_action import describe_python, run_python
-from incident.remediation.templates import TemplateValues
 from incident.rules.remediations import (
     CommandRemediation,
     HttpRemediation,
     PythonRemediation,
     RemediationRule,
 )
+from incident.rules.templates import TemplateValues
 
 DEFAULT_TIMEOUT = 30.0
 

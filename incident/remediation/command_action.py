@@ -24,14 +24,14 @@ from incident.remediation.context import (
     RemediationContext,
     shown_value,
 )
-from incident.remediation.templates import (
+from incident.rules.remediations import CommandActionSettings
+from incident.rules.templates import (
     Placeholder,
     RenderError,
     TemplateValues,
     parse_template,
     render,
 )
-from incident.rules.remediations import CommandActionSettings
 
 # What a program needs from the worker's environment to behave normally.
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")

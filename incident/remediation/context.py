@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from incident.remediation.templates import TemplateValues
 from incident.rules.remediations import RemediationRule
+from incident.rules.templates import TemplateValues
 
 # Enough to see why a command failed; the rest would bloat every incident row.
 OUTPUT_LIMIT = 4096

@@ -33,9 +33,9 @@ from incident.notifications.planning import Channels
 from incident.remediation import actions
 from incident.remediation.breaker import CircuitBreakers, Permit, Verdict, redis_key
 from incident.remediation.models import RemediationRun, RunStatus
-from incident.remediation.templates import RenderError, TemplateValues, render
 from incident.rules import Rules, Severity
 from incident.rules.remediations import RemediationRule
+from incident.rules.templates import RenderError, TemplateValues, render
 
 log = structlog.get_logger(__name__)
 

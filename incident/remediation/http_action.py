@@ -20,15 +20,15 @@ from incident.remediation.context import (
     RemediationContext,
     shown_value,
 )
-from incident.remediation.templates import (
+from incident.remediation.time_limit import AttemptTimedOut, time_limit
+from incident.rules.remediations import HttpActionSettings
+from incident.rules.templates import (
     RenderError,
     TemplateValues,
     escape_url_value,
     render,
     render_value,
 )
-from incident.remediation.time_limit import AttemptTimedOut, time_limit
-from incident.rules.remediations import HttpActionSettings
 
 # Methods that carry no body unless the rule writes one.
 _BODILESS = frozenset({"GET", "DELETE"})

@@ -15,12 +15,6 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
-from incident.remediation.templates import (
-    ENV_NAME,
-    TemplateError,
-    check_template,
-    has_placeholders,
-)
 from incident.rules.durations import format_duration
 from incident.rules.matchers import matches_all
 from incident.rules.schema_types import (
@@ -30,6 +24,12 @@ from incident.rules.schema_types import (
     PositiveInt,
     StrictModel,
     rule_error,
+)
+from incident.rules.templates import (
+    ENV_NAME,
+    TemplateError,
+    check_template,
+    has_placeholders,
 )
 
 ActionName = Literal["http", "command", "python"]

@@ -12,8 +12,8 @@ import pytest
 
 from incident.remediation.actions import ActionOutcome, perform
 from incident.remediation.http_action import prepare_request
-from incident.remediation.templates import RenderError, TemplateValues
 from incident.rules.remediations import HttpActionSettings
+from incident.rules.templates import RenderError, TemplateValues
 from tests.remediation.http_target import Answer, RecordingTarget
 from tests.remediation.rule_builders import make_context, make_rule
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from incident.remediation.templates import (
+from incident.rules.templates import (
     MissingEnvironmentVariable,
     MissingLabel,
     Placeholder,
