@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 from incident.alerts.identity import group_hash, payload_digest
 from incident.alerts.schemas import Alert as IncomingAlert
 from incident.alerts.schemas import WebhookPayload
+from incident.alerts.title import incident_summary, incident_title
 from incident.incidents.models import (
     Alert,
     AlertGroup,
@@ -133,26 +134,6 @@ def _latest_incident(session: Session, group_id: int) -> Incident | None:
     ).one_or_none()
 
 
-def incident_title(payload: WebhookPayload) -> str:
-    """The group's alertname followed by its other group labels' values."""
-    first = payload.alerts[0].labels
-    alertname = (
-        payload.group_labels.get("alertname")
-        or payload.common_labels.get("alertname")
-        or first.get("alertname")
-        or payload.receiver
-    )
-    rest = [v for k, v in sorted(payload.group_labels.items()) if k != "alertname" and v]
-    return " ".join([alertname, *rest])
-
-
-def incident_summary(payload: WebhookPayload) -> str | None:
-    summary = payload.common_annotations.get("summary")
-    if summary is None:
-        summary = next((a.annotations["summary"] for a in payload.alerts if "summary" in a.annotations), None)
-    return summary
-
-
 def _is_stale(stored: Alert, incoming: IncomingAlert) -> bool:
     """An older episode, or a lagging replica repeating news we already have.
 
@@ -261,8 +242,7 @@ class _IncidentUpdater:
         incident.updated_at = self.now
 
     def _worst_incoming(self) -> Severity:
-        firing = [self.rules.classify(a.labels) for a in self.payload.alerts if a.firing]
-        return Severity.worst(firing) or self.rules.classify(self.payload.common_labels)
+        return self.rules.incident_severity(self.payload)
 
     def merge_alerts(self, incident: Incident, *, announce: bool = True) -> None:
         stored = {a.fingerprint: a for a in incident.alerts}

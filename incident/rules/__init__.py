@@ -2,7 +2,8 @@
 escalation and maintenance settings.
 
 ``load_rules`` once at start-up, then ask the immutable ``Rules``:
-``classify(labels)``, ``matching_remediations(labels)``, ``escalation_for(severity)``.
+``classify(labels)``, ``incident_severity(payload)``, ``matching_remediations(labels)``,
+``escalation_for(severity)``.
 """
 
 from incident.rules.escalation import Escalation, EscalationPolicy

@@ -7,7 +7,7 @@ runs for every alert, only walks tuples of ready predicates.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 
@@ -17,6 +17,9 @@ from incident.rules.matchers import matches_all
 from incident.rules.remediations import AnyRemediation, RemediationRule, check_unique_names
 from incident.rules.schema_types import NonEmptyStr, MatcherList, StrictModel
 from incident.rules.severity import Severity
+
+if TYPE_CHECKING:
+    from incident.alerts.schemas import WebhookPayload
 
 
 SEVERITY_LABEL = "incident_severity"
@@ -82,6 +85,15 @@ class Rules(StrictModel):
             if matches_all(rule.matchers, labels):
                 return rule.severity
         return self.severity.default
+
+    def incident_severity(self, payload: WebhookPayload) -> Severity:
+        """The severity an incident opens (or reopens) with for this notification.
+
+        The worst of the firing alerts; with none firing, the group's common
+        labels stand in, so the answer is never empty.
+        """
+        firing = [self.classify(alert.labels) for alert in payload.alerts if alert.firing]
+        return Severity.worst(firing) or self.classify(payload.common_labels)
 
     def slack_channel_for(self, labels: Mapping[str, str]) -> str | None:
         """The channel of the first matching severity rule, when that rule names one."""
