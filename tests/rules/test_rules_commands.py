@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from incident.rules.commands import check, explain
+from incident.cli.rules import check, explain
 from tests.remediation.plugins import install_plugin
 
 RULES = dedent(

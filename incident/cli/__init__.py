@@ -74,13 +74,13 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _rules_check(args: argparse.Namespace) -> int:
-    from incident.rules import commands
+    from incident.cli import rules as commands
 
     return commands.check(args.file or get_settings().rules_file)
 
 
 def _rules_test(args: argparse.Namespace) -> int:
-    from incident.rules import commands
+    from incident.cli import rules as commands
 
     return commands.explain(args.file, args.payload, as_json=args.json)
 
