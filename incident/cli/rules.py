@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from incident.alerts.schemas import WebhookPayload
+from incident.alerts.title import incident_summary, incident_title
 from incident.remediation.actions import describe
 from incident.remediation.python_action import find_entry_point, missing_entry_point_message
 from incident.rules.durations import format_duration
@@ -163,7 +164,11 @@ def _given(detail: Any) -> str:
 
 
 def assess(rules: Rules, payload: WebhookPayload) -> dict[str, Any]:
-    """The title, per-alert severities and what the incident would get, as plain data."""
+    """The title, summary, per-alert severities and what the incident would get, as plain data.
+
+    Title, summary and severity come from the code the pipeline stores them
+    with, so the prediction cannot drift from what an incident gets.
+    """
     alerts = [
         {
             "fingerprint": alert.fingerprint,
@@ -173,10 +178,11 @@ def assess(rules: Rules, payload: WebhookPayload) -> dict[str, Any]:
         }
         for alert in payload.alerts
     ]
-    severity = Severity.worst(
-        Severity(alert["severity"]) for alert in alerts if alert["status"] == "firing"
+    # The pipeline opens nothing for a notification with no firing alert.
+    severity = (
+        rules.incident_severity(payload) if any(alert.firing for alert in payload.alerts) else None
     )
-    title = group_title(payload)
+    title = incident_title(payload)
     # Remediations run per incident, so they are matched on the group's common
     # labels, the labels the incident carries.
     remediations = (
@@ -189,6 +195,7 @@ def assess(rules: Rules, payload: WebhookPayload) -> dict[str, Any]:
     )
     return {
         "title": title,
+        "summary": incident_summary(payload),
         "severity": severity.value if severity is not None else None,
         "alerts": alerts,
         "remediations": remediations,
@@ -198,14 +205,6 @@ def assess(rules: Rules, payload: WebhookPayload) -> dict[str, Any]:
             else None
         ),
     }
-
-
-def group_title(payload: WebhookPayload) -> str:
-    """``HighErrorRate api``: the alertname, then the other group labels' values."""
-    alertname = payload.group_labels.get("alertname") or payload.common_labels.get("alertname")
-    values = [value for name, value in sorted(payload.group_labels.items()) if name != "alertname"]
-    words = [alertname, *values] if alertname else values
-    return " ".join(words) or payload.group_key
 
 
 def _remediation_data(
@@ -251,7 +250,10 @@ def _duration_text(duration: Any) -> str | None:
 
 
 def _as_text(verdict: dict[str, Any]) -> str:
-    lines = [f"Group: {verdict['title']}", f"Alerts ({len(verdict['alerts'])}):"]
+    lines = [f"Group: {verdict['title']}"]
+    if verdict["summary"]:
+        lines.append(f"Summary: {verdict['summary']}")
+    lines.append(f"Alerts ({len(verdict['alerts'])}):")
     for alert in verdict["alerts"]:
         labels = ", ".join(f'{name}="{value}"' for name, value in alert["labels"].items())
         lines.append(

@@ -149,6 +149,7 @@ class TestExplain:
         assert (code, err) == (0, "")
         assert out.splitlines() == [
             "Group: HighErrorRate api",
+            "Summary: 5xx above 5%",
             "Alerts (2):",
             (
                 '  3f1c2b4a5d6e7f80  firing    SEV1  {alertname="HighErrorRate", env="prod", '
@@ -213,6 +214,7 @@ class TestExplain:
         assert (code, err) == (0, "")
         assert json.loads(out) == {
             "title": "HighErrorRate api",
+            "summary": "5xx above 5%",
             "severity": "SEV3",
             "alerts": [
                 {
