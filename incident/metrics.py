@@ -26,9 +26,11 @@ from typing import Any
 import redis
 import structlog
 
+from incident import keys
+
 log = structlog.get_logger(__name__)
 
-KEY = "incident:metrics"
+KEY = keys.METRICS
 FLUSH_SECONDS = 1.0
 
 

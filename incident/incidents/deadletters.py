@@ -13,7 +13,9 @@ from typing import Any
 import orjson
 import redis
 
-DEAD_LETTERS_KEY = "incident:dead-letters:ingest"
+from incident import keys
+
+DEAD_LETTERS_KEY = keys.DEAD_LETTERS
 
 
 def park(client: redis.Redis, payload: Any, *, task_id: str, error: str) -> None:

@@ -14,12 +14,14 @@ from datetime import UTC, datetime
 
 import redis
 
+from incident import keys
+
 from incident.rules import Severity
 from incident.rules.schemas import SEVERITY_LABEL
 
 RECEIVER = "incident"
 SOURCE_LABEL = "incident_internal"
-_EPISODE = "incident:internal:since:"
+_EPISODE = keys.INTERNAL_EPISODE
 _GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 
 

@@ -19,9 +19,11 @@ import redis
 import structlog
 from redis.exceptions import LockError
 
+from incident import keys
+
 log = structlog.get_logger(__name__)
 
-PREFIX = "incident:lock:"
+PREFIX = keys.LOCK
 T = TypeVar("T")
 
 

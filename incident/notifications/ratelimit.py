@@ -10,7 +10,9 @@ import time
 
 import redis
 
-_PREFIX = "incident:bucket:"
+from incident import keys
+
+
 
 # KEYS[1] bucket; ARGV: rate per second, burst, now (seconds, float), ttl,
 # tokens to leave in the bucket (the reserve for pages; 0 for a page itself).
@@ -53,6 +55,6 @@ class TokenBucket:
         # writes in scripts on older servers; workers' clocks agree closely enough.
         leave = 0 if priority else self.reserve
         wait = self._take(
-            keys=[_PREFIX + name], args=[self.rate, self.burst, time.time(), 3600, leave]
+            keys=[keys.SLACK_BUCKET + name], args=[self.rate, self.burst, time.time(), 3600, leave]
         )
         return float(wait)

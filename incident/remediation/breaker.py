@@ -23,10 +23,12 @@ from typing import Any
 import redis
 import structlog
 
+from incident import keys
+
 log = structlog.get_logger(__name__)
 
-PREFIX = "incident:breaker:"
-REGISTRY = "incident:breakers"
+PREFIX = keys.BREAKER
+REGISTRY = keys.BREAKER_REGISTRY
 # Rendered keys come from label values; a long one is hashed to keep keys small.
 _MAX_KEY = 200
 

@@ -1,20 +1,12 @@
-"""Every task's queue, in one map. A task without a route is a test failure.
-
-Separate queues keep a slow remediation or a notification storm from delaying
-ingestion or paging: each can be given its own workers.
-"""
+"""Every task's queue, in one map. A task without a route is a test failure."""
 
 from __future__ import annotations
 
 from kombu import Queue
 
-INGEST = "ingest"
-PAGE = "page"
-NOTIFY = "notify"
-REMEDIATE = "remediate"
-MAINTENANCE = "maintenance"
+from incident.queues import INGEST, MAINTENANCE, NOTIFY, PAGE, QUEUES, REMEDIATE
 
-QUEUES = (INGEST, PAGE, NOTIFY, REMEDIATE, MAINTENANCE)
+__all__ = ["INGEST", "MAINTENANCE", "NOTIFY", "PAGE", "QUEUES", "REMEDIATE", "TASK_ROUTES"]
 
 TASK_ROUTES: dict[str, dict[str, str]] = {
     "incident.incidents.ingest_webhook": {"queue": INGEST},
