@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, text
 
-import incident.incidents.models  # noqa: F401 - registers the tables on Base.metadata
+import incident.models  # noqa: F401 - registers every table on Base.metadata
 from incident.config import get_settings
 from incident.db import Base
 

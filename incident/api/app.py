@@ -11,9 +11,11 @@ from incident import __version__
 from incident.api import breakers, health, incidents, webhooks
 from incident.api.errors import error_response, validation_fields
 from incident.config import Settings, get_settings
+from incident.context import Context
 from incident.incidents.store import BadCursor, IncidentNotFound, TransitionNotAllowed
 from incident.logging import configure_logging
 from incident.rules import load_rules
+from incident.worker.app import publish
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -28,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.rules = load_rules(settings.rules_file)
+    app.state.context = Context(settings, app.state.rules, publish)
     app.include_router(webhooks.router)
     app.include_router(incidents.router)
     app.include_router(breakers.router)

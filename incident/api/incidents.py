@@ -10,22 +10,24 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from incident.api.auth import require_api_token
 from incident.api.errors import error_response, error_responses, validation_fields
 from incident.db import engine_for, session_scope
 from incident.incidents import store
+from incident.incidents.lifecycle import API
 from incident.incidents.models import TimelineKind
+from incident.models import Incident
 from incident.incidents.schemas import IncidentOut, IncidentPage, TransitionRequest
-from incident.notifications.planning import Channels
-from incident.notifications.tasks import enqueue_deliveries
 
 router = APIRouter(
     prefix="/api", dependencies=[Depends(require_api_token)], responses=error_responses(401, 422)
 )
 
 IncidentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+# Everything the incident JSON shows, loaded with it.
+_SHOWN = (selectinload(Incident.notifications), selectinload(Incident.remediations))
 # The body is read by hand (it may be empty), so the document is told its shape.
 _NOTE_BODY = {
     "requestBody": {
@@ -53,7 +55,7 @@ def list_incidents(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> IncidentPage:
     rows, next_cursor = store.list_incidents(
-        session, status=status, severity=severity, limit=limit, cursor=cursor
+        session, status=status, severity=severity, limit=limit, cursor=cursor, options=_SHOWN
     )
     return IncidentPage(
         items=[IncidentOut.model_validate(row) for row in rows], next_cursor=next_cursor
@@ -62,7 +64,7 @@ def list_incidents(
 
 @router.get("/incidents/{incident_id}", response_model=IncidentOut, responses=error_responses(404))
 def get_incident(incident_id: IncidentId, session: DbSession) -> IncidentOut:
-    return IncidentOut.model_validate(store.get_incident(session, incident_id))
+    return IncidentOut.model_validate(store.get_incident(session, incident_id, options=_SHOWN))
 
 
 async def _transition_request(request: Request) -> TransitionRequest | JSONResponse:
@@ -78,16 +80,12 @@ async def _transition_request(request: Request) -> TransitionRequest | JSONRespo
 
 
 def _transition(request: Request, incident_id: int, to: TimelineKind, note: str | None) -> IncidentOut:
-    state = request.app.state
-    with session_scope(engine_for(state.settings.require_database_url())) as session:
-        incident, created = store.transition_by_hand(
-            session, incident_id, to, note=note, rules=state.rules,
-            channels=Channels.from_settings(state.settings),
-        )
-        shown = IncidentOut.model_validate(incident)
-    # After commit, so a worker never looks for a row that is not there yet.
-    enqueue_deliveries(created)
-    return shown
+    context = request.app.state.context
+    with session_scope(context.engine) as session:
+        store.transition_by_hand(session, incident_id, to, API, note=note, events=context.events)
+    # Read after the commit, which also sent what the transition asked for.
+    with session_scope(context.engine) as session:
+        return IncidentOut.model_validate(store.get_incident(session, incident_id, options=_SHOWN))
 
 
 async def _by_hand(request: Request, incident_id: int, to: TimelineKind) -> IncidentOut | JSONResponse:

@@ -15,9 +15,9 @@ from incident.alerts.identity import group_hash
 from incident.alerts.schemas import WebhookPayload
 from incident.api.auth import require_webhook_token
 from incident.api.errors import error_response, error_responses, validation_fields
-from incident.incidents.ingest import ingest_queue
-from incident.incidents.tasks import ingest_webhook
+from incident.incidents.ingest import INGEST_TASK, ingest_queue
 from incident.metrics import count
+from incident.worker.app import app as celery_app
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
@@ -87,7 +87,9 @@ def _enqueue(raw: dict, payload: WebhookPayload, queue: str) -> None:
         "status": payload.status,
         "alerts": len(payload.alerts),
     }
-    ingest_webhook.apply_async(
+    # By name: the receiver never loads the worker's tasks.
+    celery_app.send_task(
+        INGEST_TASK,
         kwargs={"payload": raw},
         kwargsrepr=repr(summary),
         queue=queue,

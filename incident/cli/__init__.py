@@ -87,8 +87,9 @@ def _rules_test(args: argparse.Namespace) -> int:
 
 def _dead_letters(args: argparse.Namespace) -> int:
     from incident.incidents import deadletters
-    from incident.incidents.tasks import ingest_webhook
+    from incident.incidents.ingest import INGEST_TASK
     from incident.sharedstate import get_redis
+    from incident.worker import app
 
     client = get_redis()
     if args.action == "list":
@@ -98,7 +99,8 @@ def _dead_letters(args: argparse.Namespace) -> int:
     replayed = 0
     while (record := deadletters.take_oldest(client)) is not None:
         try:
-            ingest_webhook.apply_async(kwargs={"payload": record["payload"]}, kwargsrepr="{'replay': True}")
+            app.send_task(INGEST_TASK, kwargs={"payload": record["payload"]},
+                          kwargsrepr="{'replay': True}")
         except Exception:
             deadletters.park(client, record["payload"], task_id=record["task_id"], error=record["error"])
             raise

@@ -1,4 +1,4 @@
-"""Turn one Alertmanager notification into incident state.
+"""Turn one Alertmanager webhook into incident state.
 
 Everything for a group happens while holding a row lock on its ``alert_groups``
 row, so two workers handed the same notification at the same moment serialise
@@ -9,10 +9,10 @@ unique index on open incidents per group backs that up.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from datetime import datetime
+from typing import NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, selectinload
 
@@ -20,37 +20,27 @@ from incident.alerts.identity import group_hash, payload_digest
 from incident.alerts.schemas import Alert as IncomingAlert
 from incident.alerts.schemas import WebhookPayload
 from incident.alerts.title import incident_summary, incident_title
-from incident.incidents.models import (
-    Alert,
-    AlertGroup,
-    Incident,
-    IncidentStatus,
-    TimelineEntry,
-    TimelineKind,
-)
-from incident.notifications.ledger import record_notifications
-from incident.notifications.planning import Channels
-from incident.remediation.engine import Attempt, schedule_runs
+from incident.incidents.events import NO_SUBSCRIBERS, EventBus
+from incident.incidents.lifecycle import ALERTMANAGER, Lifecycle
+from incident.incidents.models import Alert, AlertGroup, Incident, IncidentStatus, TimelineKind
 from incident.rules import Rules, Severity
 
 FIRING = "firing"
 RESOLVED = "resolved"
-_TRANSITIONS = (TimelineKind.RESOLVED, TimelineKind.REOPENED)
-_OPENINGS = (TimelineKind.OPENED, TimelineKind.REOPENED)
 
 
-class NotificationIdentity(NamedTuple):
+class WebhookIdentity(NamedTuple):
     group_hash: str
     digest: str
 
     @classmethod
-    def of(cls, payload: WebhookPayload) -> NotificationIdentity:
+    def of(cls, payload: WebhookPayload) -> WebhookIdentity:
         return cls(group_hash(payload.receiver, payload.group_key), payload_digest(payload))
 
 
 @dataclass
 class GroupChange:
-    """What applying one notification did; the caller acts on it after commit."""
+    """What applying one webhook did."""
 
     group_hash: str
     digest: str
@@ -58,49 +48,40 @@ class GroupChange:
     incident_id: int | None = None
     events: list[TimelineKind] = field(default_factory=list)
     duplicate: bool = False
-    # Ledger rows created with this change, to hand to workers after commit.
-    notifications: list[tuple[int, bool]] = field(default_factory=list)
     # The severity an incident opened with, when this change opened one.
     opened_severity: str | None = None
-    # First attempts of the remediation runs this change started.
-    remediations: list[Attempt] = field(default_factory=list)
 
 
-def apply_notification(
+def apply_webhook(
     session: Session,
     payload: WebhookPayload,
     rules: Rules,
     *,
     now: datetime | None = None,
-    identity: NotificationIdentity | None = None,
-    channels: Channels | None = None,
+    identity: WebhookIdentity | None = None,
+    events: EventBus = NO_SUBSCRIBERS,
 ) -> GroupChange:
-    """Apply one notification; with ``channels``, also plan who is told about it."""
-    now = now or datetime.now(UTC)
-    ghash, digest = identity or NotificationIdentity.of(payload)
+    """Apply one webhook; what it changes goes through the lifecycle to ``events``."""
+    ghash, digest = identity or WebhookIdentity.of(payload)
     group = _lock_group(session, ghash, payload)
     change = GroupChange(group_hash=ghash, digest=digest, revision=group.revision)
     if group.last_digest == digest:
         change.duplicate = True
         return change
 
-    incident = _latest_incident(session, group.id)
-    updater = _IncidentUpdater(session, rules, payload, now, change)
-    if incident is None or incident.status == IncidentStatus.RESOLVED:
-        incident = updater.open_or_reopen(group, incident)
-    else:
-        updater.merge_alerts(incident)
-    if incident is not None:
-        updater.settle_state(incident)
-        change.incident_id = incident.id
-        if channels is not None and updater.entries:
-            session.flush()
-            change.notifications = record_notifications(
-                session, incident, updater.entries, rules, channels, now
-            )
-        if rules.remediations and updater.opened:
-            session.flush()
-            change.remediations = schedule_runs(session, incident, updater.entries, rules, now)
+    with Lifecycle(session, events=events, now=now) as life:
+        incident = _latest_incident(session, group.id)
+        updater = _IncidentUpdater(life, rules, payload)
+        if incident is None or incident.status == IncidentStatus.RESOLVED:
+            incident = updater.open_or_reopen(group, incident)
+        else:
+            updater.merge_alerts(incident)
+        if incident is not None:
+            updater.settle_state(incident)
+            change.incident_id = incident.id
+            change.events = list(dict.fromkeys(life.kinds(incident)))
+            if TimelineKind.OPENED in change.events:
+                change.opened_severity = str(incident.severity)
 
     group.last_digest = digest
     group.revision += 1
@@ -163,35 +144,17 @@ def _fires_again(stored: Alert | None, incoming: IncomingAlert) -> bool:
 
 
 class _IncidentUpdater:
-    def __init__(
-        self,
-        session: Session,
-        rules: Rules,
-        payload: WebhookPayload,
-        now: datetime,
-        change: GroupChange,
-    ) -> None:
-        self.session = session
+    """Merges a webhook's alerts into an incident; every state change goes through ``life``."""
+
+    def __init__(self, life: Lifecycle, rules: Rules, payload: WebhookPayload) -> None:
+        self.life = life
+        self.session = life.session
         self.rules = rules
         self.payload = payload
-        self.now = now
-        self.change = change
+        self.now = life.now
         # Announced by settle_state, and only if the incident stays open: when the
         # last alert resolves, "resolved" says it all.
         self.resolved_alerts: list[str] = []
-        self.entries: list[TimelineEntry] = []
-
-    def record(self, incident: Incident, kind: TimelineKind, **detail: Any) -> None:
-        # By id, not relationship: appending to incident.timeline would load it whole.
-        entry = TimelineEntry(incident_id=incident.id, at=self.now, kind=kind, detail=detail)
-        self.session.add(entry)
-        self.entries.append(entry)
-        if kind not in self.change.events:
-            self.change.events.append(kind)
-
-    @property
-    def opened(self) -> bool:
-        return any(kind in _OPENINGS for kind in self.change.events)
 
     def open_or_reopen(self, group: AlertGroup, last: Incident | None) -> Incident | None:
         stored = {a.fingerprint: a for a in last.alerts} if last else {}
@@ -204,12 +167,8 @@ class _IncidentUpdater:
         window = self.rules.maintenance.reopen_window
         if last is not None and last.resolved_at and self.now - last.resolved_at <= window:
             self._refresh_header(last)
-            last.status = IncidentStatus.TRIGGERED
-            last.resolved_at = None
-            last.acknowledged_at = None
-            last.severity = self._worst_incoming()
             self.merge_alerts(last, announce=False)
-            self.record(last, TimelineKind.REOPENED, severity=last.severity)
+            self.life.reopen(last, ALERTMANAGER, severity=self._worst_incoming())
             return last
         return self._open(group)
 
@@ -219,18 +178,13 @@ class _IncidentUpdater:
             key=f"{group.group_hash[:24]}-{group.incident_count}",
             group_id=group.id,
             severity=self._worst_incoming(),
-            status=IncidentStatus.TRIGGERED,
             receiver=self.payload.receiver,
-            created_at=self.now,
             alerts=[],
         )
         self._refresh_header(incident)
-        self.session.add(incident)
         self.merge_alerts(incident, announce=False)
-        self.session.flush()
         firing = sum(1 for a in incident.alerts if a.status == FIRING)
-        self.record(incident, TimelineKind.OPENED, severity=incident.severity, alerts=firing)
-        self.change.opened_severity = str(incident.severity)
+        self.life.open(incident, ALERTMANAGER, alerts=firing)
         return incident
 
     def _refresh_header(self, incident: Incident) -> None:
@@ -267,10 +221,8 @@ class _IncidentUpdater:
             if not announce:
                 continue
             if incoming.firing and not was_firing:
-                self.record(
-                    incident, TimelineKind.ALERT_ADDED,
-                    fingerprint=incoming.fingerprint, severity=alert.severity,
-                )
+                self.life.alert_added(incident, ALERTMANAGER, fingerprint=incoming.fingerprint,
+                                      severity=alert.severity)
             elif not incoming.firing and was_firing:
                 self.resolved_alerts.append(incoming.fingerprint)
         incident.updated_at = self.now
@@ -282,39 +234,11 @@ class _IncidentUpdater:
         firing = [Severity(a.severity) for a in incident.alerts if a.status == FIRING]
         if incident.status != IncidentStatus.RESOLVED:
             worst = Severity.worst(firing)
-            if worst is not None and worst.is_worse_than(Severity(incident.severity)):
-                self.record(
-                    incident, TimelineKind.SEVERITY_CHANGED,
-                    **{"from": incident.severity, "to": worst.value},
-                )
-                incident.severity = worst
+            if worst is not None:
+                self.life.raise_severity(incident, ALERTMANAGER, worst)
             if not firing:
-                incident.status = IncidentStatus.RESOLVED
-                incident.resolved_at = self.now
-                self.record(incident, TimelineKind.RESOLVED, by="alertmanager")
+                self.life.resolve(incident, ALERTMANAGER)
             else:
                 for fingerprint in self.resolved_alerts:
-                    self.record(incident, TimelineKind.ALERT_RESOLVED, fingerprint=fingerprint)
-        self._track_flapping(incident)
-
-    def _track_flapping(self, incident: Incident) -> None:
-        flapping = self.rules.maintenance.flapping
-        transitioned = any(kind in _TRANSITIONS for kind in self.change.events)
-        if not transitioned and not incident.flapping:
-            return
-        self.session.flush()
-        recent = self.session.scalar(
-            select(func.count())
-            .select_from(TimelineEntry)
-            .where(
-                TimelineEntry.incident_id == incident.id,
-                TimelineEntry.kind.in_([k.value for k in _TRANSITIONS]),
-                TimelineEntry.at > self.now - flapping.within,
-            )
-        ) or 0
-        if not incident.flapping and recent >= flapping.transitions:
-            incident.flapping = True
-            self.record(incident, TimelineKind.FLAPPING, transitions=recent, within=str(flapping.within))
-        elif incident.flapping and recent == 0:
-            incident.flapping = False
-            self.record(incident, TimelineKind.SETTLED)
+                    self.life.alert_resolved(incident, ALERTMANAGER, fingerprint=fingerprint)
+        self.life.track_flapping(incident, self.rules.maintenance.flapping)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -26,14 +26,10 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from incident.db import Base
 
-if TYPE_CHECKING:
-    from incident.notifications.models import Notification
-    from incident.remediation.models import RemediationRun
-
-
 class IncidentStatus(StrEnum):
     TRIGGERED = "triggered"
     ACKNOWLEDGED = "acknowledged"
+    UNACKNOWLEDGED = "unacknowledged"
     RESOLVED = "resolved"
 
 
@@ -45,11 +41,13 @@ class TimelineKind(StrEnum):
     REMEDIATION = "remediation"
     NOTIFIED = "notified"
     ACKNOWLEDGED = "acknowledged"
+    UNACKNOWLEDGED = "unacknowledged"
     RESOLVED = "resolved"
     REOPENED = "reopened"
     FLAPPING = "flapping"
     SETTLED = "settled"
     ESCALATED = "escalated"
+    NOTE = "note"
 
 
 def _timestamp(**kwargs: Any) -> Any:
@@ -119,12 +117,8 @@ class Incident(Base):
         back_populates="incident", order_by="TimelineEntry.id", cascade="all, delete-orphan",
         passive_deletes=True,
     )
-    notifications: Mapped[list[Notification]] = relationship(
-        order_by="Notification.id", viewonly=True
-    )
-    remediations: Mapped[list[RemediationRun]] = relationship(
-        order_by="RemediationRun.id", viewonly=True
-    )
+    # The notifications and remediations domains add ``notifications`` and
+    # ``remediations`` from above: the bottom layer knows nothing of them.
 
 
 class Alert(Base):
@@ -156,9 +150,3 @@ class TimelineEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
 
     incident: Mapped[Incident] = relationship(back_populates="timeline")
-
-
-# The ledger and the runs live in their own domains; importing them here
-# registers them before the mappers are configured, wherever incidents are loaded.
-import incident.notifications.models  # noqa: E402
-import incident.remediation.models  # noqa: E402, F401

@@ -51,8 +51,9 @@ class NotificationOut(_Out):
     @field_validator("status")
     @classmethod
     def _in_flight_is_pending(cls, status: str) -> str:
-        # "sending" is the ledger's own bookkeeping; to a reader it is still pending.
-        return "pending" if status == "sending" else status
+        # "sending" and "digested" are the ledger's own bookkeeping; to a reader
+        # the message is still pending.
+        return "pending" if status in ("sending", "digested") else status
 
 
 class IncidentOut(_Out):

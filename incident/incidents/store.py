@@ -5,22 +5,20 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.interfaces import LoaderOption
 
-from incident.incidents.models import Incident, IncidentStatus, TimelineEntry, TimelineKind
-from incident.notifications.ledger import record_notifications
-from incident.notifications.planning import Channels
-from incident.rules import Rules
+from incident.incidents.events import NO_SUBSCRIBERS, EventBus
+from incident.incidents.lifecycle import Actor, Lifecycle, TransitionNotAllowed
+from incident.incidents.models import Incident, TimelineKind
+
+__all__ = ["BadCursor", "IncidentNotFound", "TransitionNotAllowed"]
 
 
 class IncidentNotFound(LookupError):
-    pass
-
-
-class TransitionNotAllowed(RuntimeError):
     pass
 
 
@@ -43,12 +41,7 @@ def decode_cursor(cursor: str) -> int:
         raise BadCursor("cursor is not one this API returned") from exc
 
 
-_WHOLE = (
-    selectinload(Incident.alerts),
-    selectinload(Incident.timeline),
-    selectinload(Incident.notifications),
-    selectinload(Incident.remediations),
-)
+_WHOLE = (selectinload(Incident.alerts), selectinload(Incident.timeline))
 
 
 def list_incidents(
@@ -58,9 +51,15 @@ def list_incidents(
     severity: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    options: Sequence[LoaderOption] = (),
 ) -> tuple[Sequence[Incident], str | None]:
-    """Newest first; ids grow with creation time, so the id is the cursor."""
-    query = select(Incident).options(*_WHOLE).order_by(Incident.id.desc()).limit(limit + 1)
+    """Newest first; ids grow with creation time, so the id is the cursor.
+
+    ``options``: what else to load with each (the API adds notifications and remediations).
+    """
+    query = (
+        select(Incident).options(*_WHOLE, *options).order_by(Incident.id.desc()).limit(limit + 1)
+    )
     if status:
         query = query.where(Incident.status == status)
     if severity:
@@ -73,17 +72,19 @@ def list_incidents(
     return rows, None
 
 
-def get_incident(session: Session, incident_id: int) -> Incident:
-    incident = session.get(Incident, incident_id, options=_WHOLE)
+def get_incident(
+    session: Session, incident_id: int, *, options: Sequence[LoaderOption] = ()
+) -> Incident:
+    incident = session.get(Incident, incident_id, options=(*_WHOLE, *options))
     if incident is None:
         raise IncidentNotFound(incident_id)
     return incident
 
 
-_VERB = {TimelineKind.ACKNOWLEDGED: "acknowledge", TimelineKind.RESOLVED: "resolve"}
-_ALLOWED_FROM = {
-    TimelineKind.ACKNOWLEDGED: {IncidentStatus.TRIGGERED},
-    TimelineKind.RESOLVED: {IncidentStatus.TRIGGERED, IncidentStatus.ACKNOWLEDGED},
+_BY_HAND = {
+    TimelineKind.ACKNOWLEDGED: Lifecycle.acknowledge,
+    TimelineKind.UNACKNOWLEDGED: Lifecycle.unacknowledge,
+    TimelineKind.RESOLVED: Lifecycle.resolve,
 }
 
 
@@ -91,39 +92,16 @@ def transition_by_hand(
     session: Session,
     incident_id: int,
     to: TimelineKind,
+    actor: Actor,
     *,
     note: str | None = None,
     now: datetime | None = None,
-    rules: Rules | None = None,
-    channels: Channels | None = None,
-) -> tuple[Incident, list[tuple[int, bool]]]:
-    """Acknowledge or resolve; the row lock orders this against the worker.
-
-    Returns the incident and the ledger rows to hand to workers after commit.
-    """
-    now = now or datetime.now(UTC)
+    events: EventBus = NO_SUBSCRIBERS,
+) -> Incident:
+    """Acknowledge, unacknowledge or resolve; the row lock orders this against the worker."""
     incident = session.get(Incident, incident_id, with_for_update=True)
     if incident is None:
         raise IncidentNotFound(incident_id)
-    if incident.status not in _ALLOWED_FROM[to]:
-        raise TransitionNotAllowed(
-            f"incident {incident_id} is {incident.status}; it cannot {_VERB[to]}"
-        )
-    if to is TimelineKind.ACKNOWLEDGED:
-        incident.status = IncidentStatus.ACKNOWLEDGED
-        incident.acknowledged_at = now
-    else:
-        incident.status = IncidentStatus.RESOLVED
-        incident.resolved_at = now
-    incident.updated_at = now
-    detail: dict[str, str] = {"by": "api"}
-    if note:
-        detail["note"] = note
-    entry = TimelineEntry(incident_id=incident.id, at=now, kind=to, detail=detail)
-    session.add(entry)
-    session.flush()
-    created = []
-    if rules is not None and channels is not None:
-        created = record_notifications(session, incident, [entry], rules, channels, now)
-    session.expire(incident)
-    return get_incident(session, incident_id), created
+    with Lifecycle(session, events=events, now=now) as life:
+        _BY_HAND[to](life, incident, actor, note=note)
+    return incident

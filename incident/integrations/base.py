@@ -164,9 +164,9 @@ class SlackPoster(Protocol):
         ...
 
     def find_digested(
-        self, channel: str, *, ledger_id: int, stamp: str, oldest: float | None = None
-    ) -> str | None:
-        """The ``ts`` of a digest already posted that covers this ledger row, else None."""
+        self, channel: str, *, rows: Sequence[tuple[int, str]], oldest: float | None = None
+    ) -> dict[int, str]:
+        """For each ledger row (id, stamp) a digest already posted covers: that digest's ``ts``."""
         ...
 
     def find_posted(

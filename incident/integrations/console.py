@@ -47,9 +47,9 @@ class ConsoleNotifier:
         return f"console-{ledger_id}"
 
     def find_digested(
-        self, channel: str, *, ledger_id: int, stamp: str, oldest: float | None = None
-    ) -> str | None:
-        return None
+        self, channel: str, *, rows: Sequence[tuple[int, str]], oldest: float | None = None
+    ) -> dict[int, str]:
+        return {}
 
     def find_posted(
         self,

@@ -110,21 +110,30 @@ class SlackNotifier:
         return self._post(channel, text=text, blocks=blocks, metadata=metadata)
 
     def find_digested(
-        self, channel: str, *, ledger_id: int, stamp: str, oldest: float | None = None
-    ) -> str | None:
-        """The ``ts`` of a digest already posted that covers this ledger row, else None."""
+        self, channel: str, *, rows: Sequence[tuple[int, str]], oldest: float | None = None
+    ) -> dict[int, str]:
+        """For each ledger row (id, stamp) a digest already posted covers: that digest's ``ts``.
+
+        One pass over the channel's history, however many rows are asked about.
+        """
         channel_id = self._channel_id(channel)
         query = {"oldest": f"{oldest:.6f}"} if oldest is not None else {}
-        wanted = [ledger_id, stamp]
+        wanted = {(int(ledger_id), str(stamp)) for ledger_id, stamp in rows}
+        found: dict[int, str] = {}
         fetch = self._client.conversations_history
         for page in self._pages("conversations.history", fetch, channel=channel_id, **query):
             for message in page.get("messages") or []:
                 metadata = message.get("metadata") or {}
                 if metadata.get("event_type") != NOTIFICATION_EVENT_TYPE:
                     continue
-                if wanted in ((metadata.get("event_payload") or {}).get("covers") or []):
-                    return str(message["ts"])
-        return None
+                for covered in (metadata.get("event_payload") or {}).get("covers") or []:
+                    if isinstance(covered, list) and len(covered) == 2:
+                        identity = (covered[0], covered[1])
+                        if identity in wanted:
+                            found[int(covered[0])] = str(message["ts"])
+            if len(found) == len(wanted):
+                break
+        return found
 
     def find_posted(
         self,

@@ -17,14 +17,17 @@ import structlog
 from sqlalchemy import delete, exists, select
 
 from incident.db import session_scope
-from incident.incidents.digests import LAST_SEEN_KEY, digest_key
+from incident import keys
+from incident.incidents.repeats import repeat_key
 from incident.incidents.models import Alert, AlertGroup, Incident, IncidentStatus, TimelineEntry
+from incident.incidents.outbox import OutboxMessage
 from incident.notifications.models import EscalationTimer, Notification
 from incident.remediation.models import RemediationRun
 
 log = structlog.get_logger(__name__)
 
 BATCH = 500
+OUTBOX_KEPT = timedelta(days=1)
 _CHILDREN = (
     ("timeline_entries", TimelineEntry),
     ("alerts", Alert),
@@ -39,6 +42,7 @@ class PurgeReport:
     incidents: int = 0
     groups: int = 0
     batches: int = 0
+    outbox: int = 0
     children: dict[str, int] = field(default_factory=lambda: {name: 0 for name, _ in _CHILDREN})
 
     def as_log(self) -> dict:
@@ -56,8 +60,17 @@ def purge_resolved(
     while hashes := _purge_empty_groups(cutoff, batch, report):
         if client is not None:
             _forget_groups(client, hashes)
+    report.outbox = _purge_relayed(now - OUTBOX_KEPT)
     log.info("purged resolved incidents", retention=str(retention), **report.as_log())
     return report
+
+
+def _purge_relayed(before: datetime) -> int:
+    """Outbox messages the broker took: kept a while to look back on, then dropped."""
+    with session_scope() as session:
+        return session.execute(
+            delete(OutboxMessage).where(OutboxMessage.relayed_at < before)
+        ).rowcount
 
 
 def _purge_batch(cutoff: datetime, batch: int, report: PurgeReport) -> bool:
@@ -102,8 +115,8 @@ def _purge_empty_groups(cutoff: datetime, batch: int, report: PurgeReport) -> li
 def _forget_groups(client: redis.Redis, hashes: list[str]) -> None:
     try:
         pipe = client.pipeline(transaction=False)
-        pipe.hdel(LAST_SEEN_KEY, *hashes)
-        pipe.delete(*(digest_key(each) for each in hashes))
+        pipe.hdel(keys.GROUP_LAST_SEEN, *hashes)
+        pipe.delete(*(repeat_key(each) for each in hashes))
         pipe.execute()
     except redis.RedisError as exc:
         # Only cache entries: they expire on their own.

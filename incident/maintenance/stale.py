@@ -16,17 +16,11 @@ import redis
 import structlog
 from sqlalchemy import select
 
+from incident import keys
 from incident.db import session_scope
-from incident.incidents.digests import LAST_SEEN_KEY
-from incident.incidents.models import (
-    AlertGroup,
-    Incident,
-    IncidentStatus,
-    TimelineEntry,
-    TimelineKind,
-)
-from incident.notifications.ledger import record_notifications
-from incident.notifications.planning import Channels
+from incident.incidents.events import EventBus
+from incident.incidents.lifecycle import STALE, Lifecycle
+from incident.incidents.models import AlertGroup, Incident, IncidentStatus
 from incident.rules import Rules
 from incident.rules.durations import format_duration
 
@@ -36,10 +30,10 @@ BATCH = 200
 
 
 def resolve_stale(
-    rules: Rules, channels: Channels, client: redis.Redis, *, now: datetime | None = None,
+    rules: Rules, events: EventBus, client: redis.Redis, *, now: datetime | None = None,
     batch: int = BATCH,
-) -> tuple[list[int], list[tuple[int, bool]]]:
-    """Resolve stale incidents; returns their ids and the ledger rows to deliver."""
+) -> list[int]:
+    """Resolve stale incidents; returns their ids."""
     now = now or datetime.now(UTC)
     stale_after = rules.maintenance.stale_after
     cutoff = now - stale_after
@@ -52,42 +46,31 @@ def resolve_stale(
             .limit(batch)
         ).all()
     if not candidates:
-        return [], []
-    heard = client.hmget(LAST_SEEN_KEY, [row.group_hash for row in candidates])
+        return []
+    heard = client.hmget(keys.GROUP_LAST_SEEN, [row.group_hash for row in candidates])
     resolved: list[int] = []
-    created: list[tuple[int, bool]] = []
     for row, seen in zip(candidates, heard, strict=True):
         if seen is not None and datetime.fromtimestamp(int(seen), UTC) >= cutoff:
             continue
-        rows = _resolve_one(row.id, rules, channels, cutoff, stale_after, now)
-        if rows is not None:
+        if _resolve_one(row.id, events, cutoff, stale_after, now):
             resolved.append(row.id)
-            created += rows
     if resolved:
         log.info("resolved stale incidents", count=len(resolved), stale_after=format_duration(stale_after))
-    return resolved, created
+    return resolved
 
 
 def _resolve_one(
-    incident_id: int, rules: Rules, channels: Channels, cutoff: datetime,
-    stale_after: timedelta, now: datetime,
-) -> list[tuple[int, bool]] | None:
+    incident_id: int, events: EventBus, cutoff: datetime, stale_after: timedelta, now: datetime,
+) -> bool:
     with session_scope() as session:
         # The group first, as a worker applying a notification takes them.
         group_id = session.scalar(select(Incident.group_id).where(Incident.id == incident_id))
         if group_id is None:
-            return None
+            return False
         session.get(AlertGroup, group_id, with_for_update=True)
         incident = session.get(Incident, incident_id, with_for_update=True, populate_existing=True)
         if incident.status == IncidentStatus.RESOLVED or incident.updated_at >= cutoff:
-            return None  # a notification got there first
-        incident.status = IncidentStatus.RESOLVED
-        incident.resolved_at = now
-        incident.updated_at = now
-        entry = TimelineEntry(
-            incident_id=incident.id, at=now, kind=TimelineKind.RESOLVED,
-            detail={"by": "stale", "stale_after": format_duration(stale_after)},
-        )
-        session.add(entry)
-        session.flush()
-        return record_notifications(session, incident, [entry], rules, channels, now)
+            return False  # a webhook got there first
+        with Lifecycle(session, events=events, now=now) as life:
+            life.resolve(incident, STALE, stale_after=format_duration(stale_after))
+        return True

@@ -14,36 +14,15 @@ from datetime import UTC, datetime
 
 import redis
 
-from incident.alerts.schemas import WebhookPayload
+from incident import keys
+from incident.incidents.watchdog import last_seen, record_arrival, split_watchdog
 from incident.maintenance.internal import InternalAlerts
 from incident.rules.durations import format_duration
 from incident.rules.maintenance import Watchdog
 
-LAST_SEEN = "incident:watchdog:last-seen"
-# When the check first ran without an arrival: silence counts from start-up too.
-ARMED_AT = "incident:watchdog:armed-at"
 SILENT_ALERT = "AlertingPipelineSilent"
-
-
-def split_watchdog(payload: WebhookPayload, rule: Watchdog) -> tuple[WebhookPayload | None, bool]:
-    """The payload without its Watchdog alerts (None if nothing else), and whether one fired."""
-    watchdog = [a for a in payload.alerts if a.labels.get("alertname") == rule.alertname]
-    if not watchdog:
-        return payload, False
-    heard = any(alert.firing for alert in watchdog)
-    rest = [a for a in payload.alerts if a.labels.get("alertname") != rule.alertname]
-    if not rest:
-        return None, heard
-    return payload.model_copy(update={"alerts": rest}), heard
-
-
-def record_arrival(client: redis.Redis, now: datetime | None = None) -> None:
-    client.set(LAST_SEEN, (now or datetime.now(UTC)).timestamp())
-
-
-def last_seen(client: redis.Redis) -> datetime | None:
-    value = client.get(LAST_SEEN)
-    return datetime.fromtimestamp(float(value), UTC) if value is not None else None
+# Arrivals are recorded by ingestion (incidents/watchdog.py); kept importable here.
+__all__ = ["SILENT_ALERT", "check", "last_seen", "record_arrival", "split_watchdog"]
 
 
 def check(
@@ -51,8 +30,8 @@ def check(
 ) -> dict | None:
     """The notification to apply: the silence firing, its resolution, or None."""
     now = now or datetime.now(UTC)
-    client.set(ARMED_AT, now.timestamp(), nx=True)
-    armed = datetime.fromtimestamp(float(client.get(ARMED_AT)), UTC)
+    client.set(keys.WATCHDOG_ARMED_AT, now.timestamp(), nx=True)
+    armed = datetime.fromtimestamp(float(client.get(keys.WATCHDOG_ARMED_AT)), UTC)
     seen = last_seen(client)
     reference = max(armed, seen) if seen is not None else armed
     silence = now - reference

@@ -6,7 +6,8 @@ after sending but before recording leaves the row ``sending`` under its task
 id. When the message is redelivered to the same task id, or the claim goes
 stale, the next attempt looks for the message it may already have posted
 (Slack: by the ledger id carried in the message metadata; PagerDuty: the
-dedup key makes a repeated event harmless) instead of posting again.
+dedup key makes a repeated event harmless) instead of posting again. A row
+that joins a Slack digest leaves this path: digest.py owns it from then on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from incident.db import session_scope
 from incident.incidents.models import Incident, TimelineEntry, TimelineKind
 from incident.metrics import count
 from incident.integrations.base import DeliveryError, IncidentView
+from incident.notifications.digest import EXTERNAL_PREFIX
 from incident.notifications.models import Action, Channel, DeliveryStatus, Notification
 from incident.notifications.notifiers import Notifiers
 from incident.notifications.planning import EDITS_PARENT
@@ -31,7 +33,7 @@ from incident.notifications.views import incident_view
 log = structlog.get_logger(__name__)
 
 STALE_CLAIM = timedelta(minutes=2)
-DIGEST_PREFIX = "digest:"
+DIGEST_PREFIX = EXTERNAL_PREFIX
 
 
 class Outcome(StrEnum):
@@ -84,7 +86,8 @@ def deliver(
     log.debug("delivering", notification_id=claim.id, channel=claim.channel, action=claim.action)
     try:
         external_id = _send(claim, notifiers)
-    except _Coalesced:
+    except _Coalesced as coalesced:
+        notifiers.digests.add(coalesced.channel, claim.id, task_id=task_id)
         count("incident_notifications", channel=claim.channel, outcome="coalesced")
         return Outcome.COALESCED
     except RetryLater:
@@ -110,7 +113,9 @@ def deliver(
 
 
 class _Coalesced(Exception):
-    pass
+    def __init__(self, channel: str) -> None:
+        super().__init__(channel)
+        self.channel = channel
 
 
 def _claim(
@@ -205,18 +210,13 @@ def _send_slack(claim: Claim, notifiers: Notifiers) -> str:
         if found is not None:
             log.info("already posted before a crash; not posting again", notification_id=claim.id)
             return found
-        digested = slack.find_digested(channel, ledger_id=claim.id, stamp=claim.stamp, oldest=oldest)
-        if digested is not None:
-            log.info("already in a digest posted before a crash", notification_id=claim.id)
-            return DIGEST_PREFIX + digested
     wait = notifiers.slack_bucket.take(channel, priority=claim.priority)
     if wait > 0:
         if claim.priority:
             # Pages never join a digest, and the bucket keeps a token back for
             # them: they come back for it without using up their retries.
             raise RetryLater(wait, "Slack channel rate limit", counts=False)
-        notifiers.digests.add(channel, claim.id)
-        raise _Coalesced
+        raise _Coalesced(channel)
     if claim.action is Action.TRIGGER:
         return slack.post_parent(channel, claim.view, ledger_id=claim.id, stamp=claim.stamp)
     return slack.reply(

@@ -1,8 +1,8 @@
-"""Writing planned notifications into the ledger, inside the incident's own transaction.
+"""The notifications subscriber: ledger rows for each event, in the event's own transaction.
 
-Because the rows commit with the timeline entries they announce, a crash can
-never leave an event without its notifications; at worst a row waits in
-``pending`` until the sweeper hands it to a worker again.
+Because the rows, and the outbox messages that hand them to workers, commit
+with the timeline entries they announce, a crash can never leave an event
+without its notifications, nor a row that nobody will deliver.
 """
 
 from __future__ import annotations
@@ -14,11 +14,22 @@ from sqlalchemy import exists, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from incident.incidents import outbox
 from incident.incidents.models import Incident, TimelineEntry, TimelineKind
 from incident.notifications import timers
 from incident.notifications.models import Action, Channel, Notification
 from incident.notifications.planning import Channels, IncidentState, plan
+from incident.queues import NOTIFY, PAGE
 from incident.rules import Rules, Severity
+
+DELIVER_TASK = "incident.notifications.deliver"
+
+
+def deliver_message(notification_id: int, *, priority: bool) -> outbox.Message:
+    """The task message that sends one ledger row; pages have a queue of their own."""
+    return outbox.Message(
+        DELIVER_TASK, {"notification_id": notification_id}, PAGE if priority else NOTIFY
+    )
 
 
 def _has_trigger(session: Session, incident_id: int, channel: Channel) -> bool:
@@ -35,48 +46,47 @@ def _has_trigger(session: Session, incident_id: int, channel: Channel) -> bool:
     )
 
 
-def record_notifications(
-    session: Session,
-    incident: Incident,
-    entries: Sequence[TimelineEntry],
-    rules: Rules,
-    channels: Channels,
-    now: datetime,
-) -> list[tuple[int, bool]]:
-    """Ledger rows for each entry, and the incident's escalation timer moved on.
+class NotificationPlanner:
+    """Subscriber: who is told what about each event, and the escalation timer moved on."""
 
-    Returns (id, priority) for each row this call created.
-    """
-    timers.on_timeline(session, incident, entries, rules, now)
-    created: list[tuple[int, bool]] = []
-    paged = _has_trigger(session, incident.id, Channel.PAGERDUTY)
-    slack_parent = _has_trigger(session, incident.id, Channel.SLACK)
-    rule_channel = rules.slack_channel_for(incident.labels)
-    for entry in entries:
-        state = IncidentState(Severity(incident.severity), incident.flapping, paged, slack_parent)
-        policy = rules.escalation_for(state.severity)
-        planned = plan(TimelineKind(entry.kind), entry.detail, state, policy, channels, rule_channel)
-        for item in planned:
-            row_id = session.scalar(
-                insert(Notification)
-                .values(
-                    incident_id=incident.id,
-                    channel=item.channel,
-                    action=item.action,
-                    step=entry.id,
-                    target=item.target,
-                    text=item.text,
-                    priority=item.priority,
-                    created_at=now,
-                )
-                .on_conflict_do_nothing(
-                    index_elements=["incident_id", "channel", "action", "step"]
-                )
-                .returning(Notification.id)
+    def __init__(self, rules: Rules, channels: Channels) -> None:
+        self.rules = rules
+        self.channels = channels
+
+    def __call__(
+        self, session: Session, incident: Incident, entries: Sequence[TimelineEntry],
+        now: datetime,
+    ) -> None:
+        timers.on_timeline(session, incident, entries, self.rules, now)
+        paged = _has_trigger(session, incident.id, Channel.PAGERDUTY)
+        slack_parent = _has_trigger(session, incident.id, Channel.SLACK)
+        rule_channel = self.rules.slack_channel_for(incident.labels)
+        for entry in entries:
+            state = IncidentState(Severity(incident.severity), incident.flapping, paged, slack_parent)
+            policy = self.rules.escalation_for(state.severity)
+            planned = plan(
+                TimelineKind(entry.kind), entry.detail, state, policy, self.channels, rule_channel
             )
-            if row_id is not None:
-                created.append((row_id, item.priority))
-            if item.action is Action.TRIGGER:
-                paged = paged or item.channel is Channel.PAGERDUTY
-                slack_parent = slack_parent or item.channel is Channel.SLACK
-    return created
+            for item in planned:
+                row_id = session.scalar(
+                    insert(Notification)
+                    .values(
+                        incident_id=incident.id,
+                        channel=item.channel,
+                        action=item.action,
+                        step=entry.id,
+                        target=item.target,
+                        text=item.text,
+                        priority=item.priority,
+                        created_at=now,
+                    )
+                    .on_conflict_do_nothing(
+                        index_elements=["incident_id", "channel", "action", "step"]
+                    )
+                    .returning(Notification.id)
+                )
+                if row_id is not None:
+                    outbox.put(session, deliver_message(row_id, priority=item.priority), now=now)
+                if item.action is Action.TRIGGER:
+                    paged = paged or item.channel is Channel.PAGERDUTY
+                    slack_parent = slack_parent or item.channel is Channel.SLACK

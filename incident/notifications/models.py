@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING
-
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -30,10 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from incident.db import Base
-
-if TYPE_CHECKING:
-    from incident.incidents.models import Incident
-
+from incident.incidents.models import Incident
 
 class Channel(StrEnum):
     SLACK = "slack"
@@ -52,6 +47,9 @@ class Action(StrEnum):
 class DeliveryStatus(StrEnum):
     PENDING = "pending"
     SENDING = "sending"
+    # Coalesced into the channel's next Slack digest: the digest flush owns it
+    # now, and the sweeper leaves it alone.
+    DIGESTED = "digested"
     SENT = "sent"
     FAILED = "failed"
 
@@ -60,9 +58,10 @@ class Notification(Base):
     __tablename__ = "notifications"
     __table_args__ = (
         UniqueConstraint("incident_id", "channel", "action", "step"),
-        CheckConstraint("status IN ('pending','sending','sent','failed')", name="status"),
+        CheckConstraint("status IN ('pending','sending','digested','sent','failed')",
+                        name="status"),
         Index("ix_notifications_pending", "status", "created_at",
-              postgresql_where=text("status IN ('pending','sending')")),
+              postgresql_where=text("status IN ('pending','sending','digested')")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -82,6 +81,9 @@ class Notification(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the sweeper last handed the row to a worker again: it waits a whole
+    # interval before doing so twice.
+    swept_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     incident: Mapped[Incident] = relationship(viewonly=True)
 
@@ -107,3 +109,7 @@ class EscalationTimer(Base):
     due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     fired: Mapped[int] = mapped_column(Integer, default=0)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+# Seen from an incident, for the API; declared here so that incidents need not know us.
+Incident.notifications = relationship(Notification, order_by=Notification.id, viewonly=True)

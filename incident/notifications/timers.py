@@ -16,11 +16,17 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from incident.incidents.lifecycle import SYSTEM, Lifecycle
 from incident.incidents.models import Incident, IncidentStatus, TimelineEntry, TimelineKind
 from incident.notifications.models import EscalationTimer
 from incident.rules import Rules, Severity
 
-_ARMS = {TimelineKind.OPENED, TimelineKind.REOPENED, TimelineKind.SEVERITY_CHANGED}
+_ARMS = {
+    TimelineKind.OPENED,
+    TimelineKind.REOPENED,
+    TimelineKind.SEVERITY_CHANGED,
+    TimelineKind.UNACKNOWLEDGED,
+}
 ACK_TIMEOUT = "ack_timeout"
 ESCALATE_AFTER = "escalate_after"
 
@@ -60,57 +66,46 @@ def _disarm(session: Session, incident_id: int) -> None:
         timer.active = False
 
 
-def fire_due(session: Session, rules: Rules, now: datetime, *, limit: int = 100):
-    """Advance every due timer; yields (incident, new timeline entries) to announce."""
+def fire_due(session: Session, rules: Rules, life: Lifecycle, *, limit: int = 100) -> int:
+    """Advance every due timer through the lifecycle; returns how many fired."""
     due = session.scalars(
         select(EscalationTimer)
-        .where(EscalationTimer.active, EscalationTimer.due_at <= now)
+        .where(EscalationTimer.active, EscalationTimer.due_at <= life.now)
         .order_by(EscalationTimer.due_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
+    fired = 0
     for timer in due:
         incident = session.get(Incident, timer.incident_id, with_for_update=True)
         if incident is None or incident.status != IncidentStatus.TRIGGERED:
             timer.active = False
             continue
-        entries = _fire(session, timer, incident, rules, now)
-        session.flush()
-        yield incident, entries
+        _fire(timer, incident, rules, life)
+        fired += 1
+    return fired
 
 
-def _fire(
-    session: Session, timer: EscalationTimer, incident: Incident, rules: Rules, now: datetime
-) -> list[TimelineEntry]:
+def _fire(timer: EscalationTimer, incident: Incident, rules: Rules, life: Lifecycle) -> None:
     policy = rules.escalation_for(Severity(incident.severity))
-    entries: list[TimelineEntry] = []
-
-    def record(kind: TimelineKind, **detail: object) -> None:
-        entry = TimelineEntry(incident_id=incident.id, at=now, kind=kind, detail=detail)
-        session.add(entry)
-        entries.append(entry)
-
     if timer.kind == ACK_TIMEOUT:
         timer.fired += 1
         times = max(1, policy.repeat)
-        record(
-            TimelineKind.ESCALATED,
-            reason=f"not acknowledged within {policy.ack_timeout}",
+        life.escalate(
+            incident, SYSTEM, reason=f"not acknowledged within {policy.ack_timeout}",
             step=timer.fired, of=times,
         )
         if timer.fired >= times or policy.ack_timeout is None:
             timer.active = False
         else:
-            timer.due_at = now + policy.ack_timeout
-        return entries
+            timer.due_at = life.now + policy.ack_timeout
+        return
 
     target = policy.escalate_to
     timer.active = False
-    if target is not None and target.is_worse_than(Severity(incident.severity)):
-        record(TimelineKind.SEVERITY_CHANGED, **{"from": incident.severity, "to": target.value},
-               by="escalation")
-        record(TimelineKind.ESCALATED, reason=f"still open after {policy.escalate_after}")
-        incident.severity = target
-        incident.updated_at = now
-        arm(session, incident, rules, now)
-    return entries
+    if target is None:
+        return
+    reason = f"still open after {policy.escalate_after}"
+    # The raised severity re-arms the timer for its own policy (on_timeline).
+    if life.raise_severity(incident, SYSTEM, target, reason=reason) is not None:
+        life.escalate(incident, SYSTEM, reason=reason)

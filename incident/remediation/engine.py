@@ -8,7 +8,7 @@ outside any transaction; its outcome is written only if the run is still the
 one this worker claimed. A worker that dies mid-attempt leaves a lease that
 runs out; the sweeper then counts the attempt as failed and moves the run on.
 
-Nothing here imports Celery: the caller enqueues what :class:`Step` asks for.
+Nothing here imports Celery: attempts are outbox messages, sent after commit.
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 from sqlalchemy import and_, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from incident.config import get_settings
 from incident.db import session_scope
+from incident.incidents import outbox
+from incident.incidents.events import NO_SUBSCRIBERS, EventBus
+from incident.incidents.lifecycle import OPENINGS, SYSTEM, Lifecycle
 from incident.incidents.models import Incident, IncidentStatus, TimelineEntry, TimelineKind
 from incident.metrics import count
-from incident.notifications.ledger import record_notifications
-from incident.notifications.planning import Channels
+from incident.queues import REMEDIATE
 from incident.remediation import actions
 from incident.remediation.breaker import CircuitBreakers, Permit, Verdict, redis_key
 from incident.remediation.models import RemediationRun, RunStatus
@@ -44,16 +44,21 @@ log = structlog.get_logger(__name__)
 SOFT_LIMIT_MARGIN = 15.0
 HARD_LIMIT_MARGIN = 30.0
 LEASE_MARGIN = 60.0
-# A pending attempt this late was lost between commit and enqueue: send it again.
-OVERDUE = timedelta(minutes=2)
+# A pending attempt's message is sent through the outbox, so it can only be
+# lost with the broker's data; one this late is sent again, and stamped, so a
+# queue backed up for less than this never gets a second copy.
+OVERDUE = timedelta(minutes=15)
 # Retries due later than this wait as rows for the sweeper, not as broker ETAs.
 BROKER_DELAY_LIMIT = 60.0
 _RECORD_LIMIT = 4096
 
 
+RUN_TASK = "incident.remediation.run"
+
+
 @dataclass(frozen=True)
 class Attempt:
-    """A message the task layer must send: run ``run_id``'s attempt ``attempt``."""
+    """A message to send: run ``run_id``'s attempt ``attempt``."""
 
     run_id: int
     attempt: int
@@ -68,14 +73,20 @@ class Attempt:
     def time_limit(self) -> float:
         return self.timeout + HARD_LIMIT_MARGIN
 
+    def message(self) -> outbox.Message:
+        return outbox.Message(
+            RUN_TASK, {"run_id": self.run_id, "attempt": self.attempt}, REMEDIATE,
+            countdown=self.countdown,
+            options={"soft_time_limit": self.soft_time_limit, "time_limit": self.time_limit},
+        )
+
 
 @dataclass
 class Step:
-    """What one attempt (or one sweep) leaves for the task layer to do after commit."""
+    """What one attempt (or one sweep) did: the run's status, the attempts it sent."""
 
     status: str | None = None
     next_attempts: list[Attempt] = field(default_factory=list)
-    notifications: list[tuple[int, bool]] = field(default_factory=list)
 
 
 def backoff(rule: RemediationRule, failed_attempts: int) -> float:
@@ -89,7 +100,7 @@ def backoff(rule: RemediationRule, failed_attempts: int) -> float:
     return ceiling / 2 + random.random() * ceiling / 2
 
 
-def breaker_target(rule: RemediationRule, incident: Incident) -> str:
+def breaker_target(rule: RemediationRule, incident: Incident, public_url: str) -> str:
     """The rendered ``circuit_breaker.key`` (empty: one breaker for the remediation)."""
     if rule.circuit_breaker.key is None:
         return ""
@@ -97,53 +108,66 @@ def breaker_target(rule: RemediationRule, incident: Incident) -> str:
         labels=incident.labels,
         incident={
             "id": incident.id, "key": incident.key, "severity": incident.severity,
-            "title": incident.title, "url": incident_url(incident.id),
+            "title": incident.title, "url": incident_url(public_url, incident.id),
         },
         remediation={"name": rule.name},
     )
     return render(rule.circuit_breaker.key, values)
 
 
-def incident_url(incident_id: int) -> str:
-    return f"{get_settings().public_url.rstrip('/')}/api/incidents/{incident_id}"
+def incident_url(public_url: str, incident_id: int) -> str:
+    return f"{public_url.rstrip('/')}/api/incidents/{incident_id}"
 
 
-def schedule_runs(
-    session: Session, incident: Incident, entries: Sequence[TimelineEntry], rules: Rules,
-    now: datetime,
-) -> list[Attempt]:
-    """Runs for the openings among ``entries``, in the caller's transaction.
+class RemediationScheduler:
+    """Subscriber: a run for each matching remediation when an incident opens.
 
-    Every matching remediation runs when its incident opens; on a reopening,
-    only those whose rule says ``run_on_reopen``.
+    On a reopening, only those whose rule says ``run_on_reopen``. The run and
+    its first attempt's message commit with the opening.
     """
-    attempts: list[Attempt] = []
-    for entry in entries:
-        kind = TimelineKind(entry.kind)
-        if kind not in (TimelineKind.OPENED, TimelineKind.REOPENED):
-            continue
-        for rule in rules.matching_remediations(incident.labels):
-            if kind is TimelineKind.REOPENED and not rule.run_on_reopen:
+
+    def __init__(self, rules: Rules, public_url: str) -> None:
+        self.rules = rules
+        self.public_url = public_url
+
+    def __call__(
+        self, session: Session, incident: Incident, entries: Sequence[TimelineEntry],
+        now: datetime,
+    ) -> None:
+        if not self.rules.remediations:
+            return
+        for entry in entries:
+            kind = TimelineKind(entry.kind)
+            if kind not in OPENINGS:
                 continue
-            try:
-                target = breaker_target(rule, incident)
-            except RenderError as exc:
-                # The label the key names is missing: one breaker for all such incidents.
-                log.warning("breaker key not rendered", remediation=rule.name, error=str(exc))
-                target = ""
-            run_id = session.scalar(
-                insert(RemediationRun)
-                .values(
-                    incident_id=incident.id, step=entry.id, name=rule.name, action=rule.action,
-                    status=RunStatus.PENDING, attempts=0, max_attempts=rule.retry.attempts,
-                    breaker_key=target, created_at=now, next_attempt_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["incident_id", "name", "step"])
-                .returning(RemediationRun.id)
+            for rule in self.rules.matching_remediations(incident.labels):
+                if kind is TimelineKind.REOPENED and not rule.run_on_reopen:
+                    continue
+                self._schedule(session, incident, entry, rule, now)
+
+    def _schedule(
+        self, session: Session, incident: Incident, entry: TimelineEntry, rule: RemediationRule,
+        now: datetime,
+    ) -> None:
+        try:
+            target = breaker_target(rule, incident, self.public_url)
+        except RenderError as exc:
+            # The label the key names is missing: one breaker for all such incidents.
+            log.warning("breaker key not rendered", remediation=rule.name, error=str(exc))
+            target = ""
+        run_id = session.scalar(
+            insert(RemediationRun)
+            .values(
+                incident_id=incident.id, step=entry.id, name=rule.name, action=rule.action,
+                status=RunStatus.PENDING, attempts=0, max_attempts=rule.retry.attempts,
+                breaker_key=target, created_at=now, next_attempt_at=now,
             )
-            if run_id is not None:
-                attempts.append(Attempt(run_id, 1, 0.0, actions.attempt_timeout(rule)))
-    return attempts
+            .on_conflict_do_nothing(index_elements=["incident_id", "name", "step"])
+            .returning(RemediationRun.id)
+        )
+        if run_id is not None:
+            attempt = Attempt(run_id, 1, 0.0, actions.attempt_timeout(rule))
+            outbox.put(session, attempt.message(), now=now)
 
 
 class RemediationEngine:
@@ -153,13 +177,15 @@ class RemediationEngine:
         self,
         rules: Rules,
         breakers: CircuitBreakers,
-        channels: Channels,
         *,
+        events: EventBus = NO_SUBSCRIBERS,
+        public_url: str = "http://127.0.0.1:8080",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.rules = rules
         self.breakers = breakers
-        self.channels = channels
+        self.events = events
+        self.public_url = public_url
         self.clock = clock
 
     def rule(self, name: str) -> RemediationRule | None:
@@ -227,7 +253,7 @@ class RemediationEngine:
             context = actions.RemediationContext.create(
                 rule, incident_id=incident.id, incident_key=incident.key, title=incident.title,
                 severity=incident.severity, status=incident.status, labels=incident.labels,
-                url=incident_url(incident.id), attempt=attempt,
+                url=incident_url(self.public_url, incident.id), attempt=attempt,
             )
             return rule, context, run.breaker_key
 
@@ -274,15 +300,16 @@ class RemediationEngine:
             run.lease_until = None
             run.next_attempt_at = now + timedelta(seconds=delay)
             step = Step(status=run.status)
-            self._record(session, incident, step, now, run, status="retrying",
-                         error=run.last_error, retry_in=round(delay, 3), announce=False)
+            with Lifecycle(session, events=self.events, now=now) as life:
+                life.remediation(incident, name=run.name, attempts=run.attempts, status="retrying",
+                                 error=run.last_error, retry_in=round(delay, 3), announce=False)
             # A long wait is a row polled by beat, not a message held by a
             # worker: the broker would redeliver one held past its visibility timeout.
             run.wake_by_poll = delay > BROKER_DELAY_LIMIT
             if not run.wake_by_poll:
-                step.next_attempts.append(
-                    Attempt(run.id, run.attempts + 1, delay, actions.attempt_timeout(rule))
-                )
+                self._send(session, step, Attempt(
+                    run.id, run.attempts + 1, delay, actions.attempt_timeout(rule)
+                ))
             log.info("remediation attempt failed; retrying", remediation=run.name,
                      attempt=run.attempts, countdown=round(delay, 2), error=run.last_error)
             return step
@@ -300,57 +327,24 @@ class RemediationEngine:
         step = Step(status=run.status)
         failed = status in (RunStatus.FAILED, RunStatus.SKIPPED_CIRCUIT_OPEN)
         announce = policy != "ignore" and status != RunStatus.CANCELLED
-        self._record(session, incident, step, now, run, status=status.value,
-                     error=run.last_error, announce=announce)
-        if failed and policy == "escalate" and incident.status != IncidentStatus.RESOLVED:
-            self._escalate(session, incident, step, now, run)
+        with Lifecycle(session, events=self.events, now=now) as life:
+            life.remediation(incident, name=run.name, attempts=run.attempts, status=status.value,
+                             error=run.last_error, announce=announce)
+            if failed and policy == "escalate" and incident.status != IncidentStatus.RESOLVED:
+                # One severity up (unless already SEV1), and escalate now.
+                reason = f"remediation {run.name} {run.status}"
+                life.raise_severity(incident, SYSTEM, Severity(incident.severity).raised(),
+                                    reason=reason)
+                life.escalate(incident, SYSTEM, reason=reason)
         log.info("remediation " + status.value, remediation=run.name, attempts=run.attempts,
                  error=run.last_error)
         count("incident_remediations", remediation=run.name, outcome=status.value)
         return step
 
-    def _escalate(
-        self, session: Session, incident: Incident, step: Step, now: datetime,
-        run: RemediationRun,
-    ) -> None:
-        """One severity up (unless already SEV1), and escalate now."""
-        current = Severity(incident.severity)
-        raised = current.raised()
-        entries = []
-        if raised is not current:
-            entries.append(self._entry(session, incident, now, TimelineKind.SEVERITY_CHANGED,
-                                       **{"from": current.value, "to": raised.value},
-                                       by="remediation"))
-            incident.severity = raised
-            incident.updated_at = now
-        entries.append(self._entry(session, incident, now, TimelineKind.ESCALATED,
-                                   reason=f"remediation {run.name} {run.status}"))
-        self._announce(session, incident, entries, step, now)
-
-    def _record(
-        self, session: Session, incident: Incident, step: Step, now: datetime,
-        run: RemediationRun, **detail: Any,
-    ) -> None:
-        entry = self._entry(session, incident, now, TimelineKind.REMEDIATION,
-                            name=run.name, attempts=run.attempts, **detail)
-        self._announce(session, incident, [entry], step, now)
-
     @staticmethod
-    def _entry(
-        session: Session, incident: Incident, now: datetime, kind: TimelineKind, **detail: Any
-    ) -> TimelineEntry:
-        entry = TimelineEntry(incident_id=incident.id, at=now, kind=kind, detail=detail)
-        session.add(entry)
-        return entry
-
-    def _announce(
-        self, session: Session, incident: Incident, entries: list[TimelineEntry], step: Step,
-        now: datetime,
-    ) -> None:
-        session.flush()
-        step.notifications += record_notifications(
-            session, incident, entries, self.rules, self.channels, now
-        )
+    def _send(session: Session, step: Step, attempt: Attempt) -> None:
+        outbox.put(session, attempt.message())
+        step.next_attempts.append(attempt)
 
     @staticmethod
     def _close(
@@ -390,10 +384,12 @@ class RemediationEngine:
                 .with_for_update(skip_locked=True)
             ).all()
             for run in due:
+                # Stamped: the next sweep leaves it alone for another OVERDUE.
                 run.wake_by_poll = False
+                run.next_attempt_at = now
                 rule = self.rule(run.name)
                 timeout = actions.attempt_timeout(rule) if rule else actions.DEFAULT_TIMEOUT
-                step.next_attempts.append(Attempt(run.id, run.attempts + 1, 0.0, timeout))
+                self._send(session, step, Attempt(run.id, run.attempts + 1, 0.0, timeout))
             lost = session.scalars(
                 select(RemediationRun)
                 .where(RemediationRun.status == RunStatus.RUNNING,
@@ -413,7 +409,6 @@ class RemediationEngine:
                 )
                 done = self.record_outcome(session, run, rule, outcome)
                 step.next_attempts += done.next_attempts
-                step.notifications += done.notifications
         return step
 
 

@@ -18,9 +18,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from incident.db import Base
+from incident.incidents.models import Incident
 
 
 class RunStatus(StrEnum):
@@ -90,3 +91,7 @@ class RemediationRun(Base):
     # A running attempt past this is lost (its worker died): Celery's hard time
     # limit ends every attempt before it.
     lease_until: Mapped[datetime | None] = _timestamp()
+
+
+# Seen from an incident, for the API; declared here so that incidents need not know us.
+Incident.remediations = relationship(RemediationRun, order_by=RemediationRun.id, viewonly=True)

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import lru_cache
 from typing import Any
 
-from celery import Celery
+import structlog
+from celery import Celery, bootsteps
 from celery.schedules import crontab
 from celery.signals import worker_process_shutdown
+from sqlalchemy import Engine, create_engine
 
 from incident import metrics
 from incident.config import Settings, get_settings
-from incident.rules import Rules, load_rules
+from incident.incidents import outbox
+from incident.incidents.outbox import Message
 from incident.logging import install_celery_logging
+from incident.rules import load_rules
 from incident.worker.routes import INGEST, TASK_ROUTES, task_queues
 from incident.worker.transport import TRANSPORT as REDIS_TRANSPORT
 
 TASK_MODULES = [
-    "incident.incidents.tasks",
-    "incident.notifications.tasks",
-    "incident.remediation.tasks",
-    "incident.maintenance.tasks",
+    "incident.worker.tasks.incidents",
+    "incident.worker.tasks.notifications",
+    "incident.worker.tasks.remediation",
+    "incident.worker.tasks.maintenance",
 ]
+# How often each worker looks for outbox messages a crash left unsent.
+OUTBOX_POLL_SECONDS = 1.0
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -62,10 +67,45 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=1)
-def worker_rules() -> Rules:
-    """The rules file every task of this process reads, loaded once (restart to reload)."""
-    return load_rules(get_settings().rules_file)
+def publish(message: Message) -> None:
+    """Send one outbox message to the broker, with its own queue and options."""
+    app.send_task(
+        message.task, kwargs=message.kwargs, queue=message.queue,
+        countdown=message.countdown or None, **message.options,
+    )
+
+
+class OutboxPoll(bootsteps.StartStopStep):
+    """Every worker polls the outbox: messages whose sender died after its commit go out
+    within seconds, not when a sweeper next looks. It runs in the worker's main process,
+    on its own small engine, so forked pool processes never share its connection."""
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._timer: Any = None
+        self._engine: Engine | None = None
+
+    def start(self, worker: Any) -> None:
+        self._timer = worker.timer.call_repeatedly(OUTBOX_POLL_SECONDS, self.poll, priority=10)
+
+    def stop(self, worker: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def poll(self) -> None:
+        try:
+            if self._engine is None:
+                self._engine = create_engine(
+                    get_settings().require_database_url(), pool_size=1, max_overflow=0,
+                    pool_pre_ping=True,
+                )
+            outbox.send_pending(self._engine, publish)
+        except Exception as exc:  # the database or broker is away: the next poll tries again
+            structlog.get_logger(__name__).warning("outbox poll failed", error=str(exc))
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -122,4 +162,5 @@ def _flush_metrics(**_: Any) -> None:
 
 app = Celery("incident", include=TASK_MODULES)
 app.add_defaults(lambda: celery_config(get_settings()))
+app.steps["worker"].add(OutboxPoll)
 install_celery_logging(app)

@@ -1,0 +1,161 @@
+"""The transactional outbox: task messages written with the change that causes them.
+
+A change and the messages it asks for (deliver this notification, run that
+remediation attempt) commit together, so a crash can never keep one without
+the other. After the commit the same process sends them at once (the fast
+path) and stamps them; a short poll in every worker sends, within seconds,
+whatever a crash left unstamped. Both lock the rows they send (the other
+skips them), and a message is stamped only after the broker took it, so the
+worst a crash can do is send one twice; every consumer claims its row before
+acting, so a second copy does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import BigInteger, DateTime, Identity, Index, String, event, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from incident.db import Base
+
+log = structlog.get_logger(__name__)
+
+# What the poll leaves to the fast path: a message this young is probably
+# being sent by the process that committed it.
+POLL_AFTER = timedelta(seconds=2)
+POLL_BATCH = 500
+_PENDING = "incident.outbox.pending"
+
+
+@dataclass(frozen=True)
+class Message:
+    """A task message: the task's stable name, its keyword arguments, its queue."""
+
+    task: str
+    kwargs: dict[str, Any]
+    queue: str
+    countdown: float = 0.0
+    # Per-message Celery options (soft_time_limit, time_limit).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+Publish = Callable[[Message], None]
+
+
+class OutboxMessage(Base):
+    __tablename__ = "outbox_messages"
+    __table_args__ = (
+        Index("ix_outbox_messages_unrelayed", "id", postgresql_where=text("relayed_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    task: Mapped[str] = mapped_column(String(128))
+    queue: Mapped[str] = mapped_column(String(32))
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    # When the message is due: the relay turns it back into a countdown.
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    relayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def message(self, now: datetime) -> Message:
+        countdown = max(0.0, (self.not_before - now).total_seconds())
+        return Message(self.task, dict(self.kwargs), self.queue, countdown, dict(self.options))
+
+
+def put(session: Session, message: Message, *, now: datetime | None = None) -> None:
+    """Add ``message`` to the caller's transaction; it is sent once that commits."""
+    now = now or datetime.now(UTC)
+    row = OutboxMessage(
+        task=message.task, queue=message.queue, kwargs=message.kwargs, options=message.options,
+        not_before=now + timedelta(seconds=message.countdown), created_at=now,
+    )
+    session.add(row)
+    session.info.setdefault(_PENDING, []).append(row)
+
+
+class _Relay:
+    """The process's way to the broker, installed once by its context."""
+
+    publish: Publish | None = None
+
+
+_relay = _Relay()
+
+
+def install_publisher(publish: Publish | None) -> None:
+    _relay.publish = publish
+
+
+@event.listens_for(Session, "after_commit")
+def _send_after_commit(session: Session) -> None:
+    rows: list[OutboxMessage] = session.info.pop(_PENDING, [])
+    if rows and _relay.publish is not None:
+        send_committed(session.get_bind(), rows, _relay.publish)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_after_rollback(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def send_committed(bind: Any, rows: list[OutboxMessage], publish: Publish) -> int:
+    """The fast path: send what this process just committed, and stamp it.
+
+    The rows are locked while they are sent, and the poll skips locked rows,
+    so the two never send the same message, however long the commit took.
+    """
+    by_id = {row.id: row for row in rows}
+    sent: list[int] = []
+    try:
+        # A session bound to a connection (a test's outer transaction) sends on its engine.
+        with Session(getattr(bind, "engine", bind)) as session, session.begin():
+            mine = session.scalars(
+                select(OutboxMessage.id)
+                .where(OutboxMessage.id.in_(by_id), OutboxMessage.relayed_at.is_(None))
+                .order_by(OutboxMessage.id)
+                .with_for_update(skip_locked=True)
+            ).all()
+            now = datetime.now(UTC)
+            for row_id in mine:
+                try:
+                    publish(by_id[row_id].message(now))
+                except Exception as exc:  # the broker is away: the poll sends the rest
+                    log.warning("outbox message not sent; the poll will", error=str(exc))
+                    break
+                sent.append(row_id)
+            if sent:
+                session.execute(
+                    update(OutboxMessage).where(OutboxMessage.id.in_(sent)).values(relayed_at=now)
+                )
+    except Exception as exc:
+        # The database is away: what was sent may be sent once more by the poll, harmlessly.
+        log.warning("outbox fast path failed; the poll will finish", error=str(exc))
+    return len(sent)
+
+
+def send_pending(engine: Engine, publish: Publish, *, now: datetime | None = None,
+                 older_than: timedelta = POLL_AFTER, limit: int = POLL_BATCH) -> int:
+    """The poll: send what no fast path did (its process died after the commit)."""
+    now = now or datetime.now(UTC)
+    with Session(engine) as session, session.begin():
+        rows = session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.relayed_at.is_(None), OutboxMessage.created_at < now - older_than)
+            .order_by(OutboxMessage.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in rows:
+            publish(row.message(now))
+            row.relayed_at = now
+    if rows:
+        log.info("outbox messages sent by the poll", count=len(rows))
+    return len(rows)

@@ -1,0 +1,17 @@
+"""Every table, for Alembic and for any process that loads incidents whole."""
+
+from incident.incidents.models import Alert, AlertGroup, Incident, TimelineEntry
+from incident.incidents.outbox import OutboxMessage
+from incident.notifications.models import EscalationTimer, Notification
+from incident.remediation.models import RemediationRun
+
+__all__ = [
+    "Alert",
+    "AlertGroup",
+    "EscalationTimer",
+    "Incident",
+    "Notification",
+    "OutboxMessage",
+    "RemediationRun",
+    "TimelineEntry",
+]

@@ -1,0 +1,40 @@
+"""Ingestion: one task per webhook, on ``ingest`` or ``page``."""
+
+from __future__ import annotations
+
+import redis
+import structlog
+from sqlalchemy.exc import OperationalError
+
+from incident.incidents import deadletters
+from incident.incidents.ingest import INGEST_TASK, ingest_payload
+from incident.worker.app import app
+from incident.worker.tasks import context
+
+log = structlog.get_logger(__name__)
+
+
+def _park_after_last_retry(task, exc, task_id, args, kwargs, einfo) -> None:
+    """Celery's on_failure: the retries are spent, so keep the payload for replay."""
+    log.error("ingest failed after every retry; payload parked", error=str(exc))
+    deadletters.park(context().redis, kwargs.get("payload"), task_id=task_id, error=repr(exc))
+
+
+@app.task(
+    name=INGEST_TASK,
+    # Only what passes: the database or Redis being briefly away. With full
+    # jitter, about half an hour of outage is ridden out; then the payload is
+    # parked, never dropped.
+    autoretry_for=(OperationalError, redis.ConnectionError, redis.TimeoutError),
+    retry_backoff=1,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=60,
+    on_failure=_park_after_last_retry,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def ingest_webhook(*, payload: dict) -> int | None:
+    ctx = context()
+    change = ingest_payload(payload, rules=ctx.rules, repeats=ctx.repeats, events=ctx.events)
+    return change.incident_id if change else None

@@ -1,0 +1,95 @@
+"""Notifications: delivering ledger rows, Slack digests, escalation timers, the sweeper."""
+
+from __future__ import annotations
+
+import random
+
+import structlog
+from sqlalchemy.exc import OperationalError
+
+from incident.maintenance.locks import run_once
+from incident.notifications import delivery, sweeper
+from incident.notifications.digest import FLUSH_TASK, RetryFlush
+from incident.notifications.ledger import DELIVER_TASK
+from incident.notifications.notifiers import NotConfigured
+from incident.worker.app import app
+from incident.worker.tasks import context
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_CAP = 60.0
+WAIT_LIMIT = 300
+
+
+def backoff(retries: int) -> float:
+    """Exponential, capped at a minute, with full jitter over its upper half."""
+    ceiling = min(BACKOFF_CAP, 2.0 * 2**retries)
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+@app.task(
+    name=DELIVER_TASK,
+    bind=True,
+    max_retries=10,
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def deliver_notification(self, *, notification_id: int, failures: int = 0) -> str:
+    """``failures`` counts real failures only: waiting for a parent message or a
+    rate-limit token is not one, so a long wait cannot use up the retries."""
+    structlog.contextvars.bind_contextvars(notification_id=notification_id)
+    try:
+        return delivery.deliver(notification_id, task_id=self.request.id,
+                                notifiers=context().notifiers)
+    except NotConfigured as exc:
+        delivery.mark_failed(notification_id, str(exc))
+        return delivery.Outcome.FAILED
+    except delivery.RetryLater as exc:
+        # Celery's own count covers waits and failures; bounded all the same.
+        ceiling = WAIT_LIMIT + self.max_retries
+        if not exc.counts:
+            raise self.retry(countdown=exc.countdown, max_retries=ceiling) from None
+        if failures >= self.max_retries:
+            delivery.mark_failed(notification_id, f"gave up after {failures + 1} attempts: {exc.reason}")
+            return delivery.Outcome.FAILED
+        countdown = exc.countdown or backoff(failures)
+        log.info("notification retry", countdown=round(countdown, 1), reason=exc.reason)
+        raise self.retry(
+            countdown=countdown, max_retries=ceiling,
+            kwargs={"notification_id": notification_id, "failures": failures + 1},
+        ) from None
+
+
+@app.task(name=FLUSH_TASK, bind=True, max_retries=60, soft_time_limit=60, time_limit=90)
+def flush_slack_digest(self, *, channel: str) -> int:
+    notifiers = context().notifiers
+    wait = notifiers.slack_bucket.take(channel)
+    if wait > 0:
+        raise self.retry(countdown=wait)
+    try:
+        told = notifiers.digests.flush(channel, notifiers.require_slack(), task_id=self.request.id)
+    except RetryFlush as exc:
+        raise self.retry(countdown=exc.countdown or backoff(self.request.retries)) from exc
+    notifiers.digests.done(channel)
+    return told
+
+
+@app.task(name="incident.notifications.fire_escalations", autoretry_for=(OperationalError,),
+          max_retries=3, retry_backoff=2, time_limit=60)
+def fire_escalations() -> int | None:
+    # SKIP LOCKED already fires each step once; the lock also spares the
+    # database the second beat's identical poll.
+    ctx = context()
+    return run_once(ctx.redis, "fire-escalations",
+                    lambda: sweeper.fire_escalations(ctx.rules, ctx.events), timeout=60)
+
+
+@app.task(name="incident.notifications.sweep_undelivered", time_limit=60)
+def sweep_undelivered() -> int | None:
+    """Rows whose worker died, or whose message the broker lost."""
+    ctx = context()
+    return run_once(ctx.redis, "sweep-undelivered",
+                    lambda: sweeper.sweep_undelivered(ctx.notifiers.digests), timeout=60)
