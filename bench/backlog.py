@@ -34,14 +34,15 @@ def use_stack_in_process(stack: Stack) -> None:
 
 def enqueue(payload_for: Callable[[int], dict], count: int) -> float:
     """Put ``count`` ingest messages on the queue; return how long it took."""
-    from incident.incidents.tasks import ingest_webhook
+    from incident.incidents.ingest import INGEST_TASK
     from incident.worker import app
 
     started = time.perf_counter()
     with app.producer_or_acquire() as producer:
         for i in range(count):
-            ingest_webhook.apply_async(
-                kwargs={"payload": payload_for(i)}, kwargsrepr="bench", producer=producer
+            app.send_task(
+                INGEST_TASK, kwargs={"payload": payload_for(i)}, kwargsrepr="bench",
+                producer=producer,
             )
     return time.perf_counter() - started
 

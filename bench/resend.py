@@ -36,15 +36,15 @@ def run(stack: Stack, *, quick: bool, sizes=(1, 10), worker_concurrency: int = 2
 
 def _ingest():
     from incident.config import get_settings
-    from incident.incidents.digests import DigestCache
     from incident.incidents.ingest import ingest_payload
+    from incident.incidents.repeats import RepeatCache
     from incident.logging import configure_logging
     from incident.rules import load_rules
     from incident.sharedstate import get_redis
 
     configure_logging(get_settings(), process="bench")
-    rules, digests = load_rules(None), DigestCache(get_redis())
-    return lambda raw: ingest_payload(raw, rules=rules, digests=digests)
+    rules, repeats = load_rules(None), RepeatCache(get_redis())
+    return lambda raw: ingest_payload(raw, rules=rules, repeats=repeats)
 
 
 def _timed(call, payloads) -> list[float]:

@@ -59,6 +59,7 @@ import orjson
 from sqlalchemy import create_engine, text
 
 from bench import backlog
+from incident import keys
 from bench.loadgen import Connection, Target, finish, percentile, request_bytes, run_loop
 from bench.payloads import GroupBodies, group_id
 from bench.rss import RssSampler
@@ -302,7 +303,7 @@ def run(stack: Stack, *, quick: bool) -> dict:
         api = stack.api(plan["api_workers"])
         workers = [stack.worker(c, queues=q, env=env) for c, q in WORKERS]
         rss = RssSampler(stack)
-        queues = _QueueSampler(stack, channel)
+        queues = _QueueSampler(stack, channel, engine)
         children = [api, *workers]
         try:
             api.wait_ready()
@@ -361,7 +362,14 @@ def run(stack: Stack, *, quick: bool) -> dict:
     }
 
 
-_SLACK_KEYS = ("incident:digest:", "incident:digest-scheduled:", "incident:bucket:")
+_SLACK_KEYS = (keys.SLACK_DIGEST_SCHEDULED, keys.SLACK_BUCKET)
+_DIGEST_BACKLOG = text("SELECT count(*) FROM notifications WHERE status = 'digested' AND target = :c")
+
+
+def _digest_backlog(engine, channel: str) -> int:
+    """Ledger rows waiting for the channel's next Slack digest."""
+    with engine.connect() as conn:
+        return int(conn.scalar(_DIGEST_BACKLOG, {"c": channel}))
 
 
 def _warm_up(stack, engine, target, workers, receiver: str, timeout: float = 90) -> float:
@@ -405,11 +413,11 @@ def _warm_up(stack, engine, target, workers, receiver: str, timeout: float = 90)
                 text(
                     "SELECT (SELECT count(*) FROM incidents WHERE receiver = :r), "
                     "(SELECT count(*) FROM notifications n JOIN incidents i ON i.id = n.incident_id "
-                    " WHERE i.receiver = :r AND n.status IN ('pending', 'sending'))"
+                    " WHERE i.receiver = :r AND n.status IN ('pending', 'sending', 'digested'))"
                 ),
                 {"r": receiver},
             ).one()
-        if incidents == n and unsettled == 0 and _quiet(r, None):
+        if incidents == n and unsettled == 0 and _quiet(r):
             break
         if time.monotonic() > deadline:
             raise RuntimeError(f"warm-up notifications did not settle within {timeout:.0f}s")
@@ -463,14 +471,12 @@ async def _offer(target: Target, requests: list[bytes], seconds: float):
     return posts, start
 
 
-def _quiet(r, channel: str | None) -> bool:
-    """No Celery message waiting, reserved or held for a retry; no Slack digest backlog."""
+def _quiet(r) -> bool:
+    """No Celery message waiting, reserved or held for a retry."""
     pipe = r.pipeline(transaction=False)
     for queue in _QueueSampler.QUEUES:
         pipe.llen(queue)
     pipe.hlen("unacked")
-    if channel is not None:
-        pipe.llen("incident:digest:" + channel)
     return not any(pipe.execute())
 
 
@@ -489,7 +495,8 @@ def _unsettled(engine, receiver: str) -> dict[str, int]:
             text(
                 "SELECT n.status, count(*) FROM notifications n "
                 "JOIN incidents i ON i.id = n.incident_id "
-                "WHERE i.receiver = :r AND n.status IN ('pending', 'sending') GROUP BY n.status"
+                "WHERE i.receiver = :r AND n.status IN ('pending', 'sending', 'digested') "
+                "GROUP BY n.status"
             ),
             {"r": receiver},
         ).all()
@@ -506,7 +513,7 @@ def _await_settled(stack, engine, receiver, channel, workers, offer_end, size) -
         now = time.monotonic()
         if ingest_drained is None and not _ingest_pending(r):
             ingest_drained = max(0.0, now - offer_end)
-        if ingest_drained is not None and _quiet(r, channel) and not _unsettled(engine, receiver):
+        if ingest_drained is not None and _quiet(r) and not _unsettled(engine, receiver):
             settled = max(0.0, now - offer_end)
             break
         if now > deadline:
@@ -516,10 +523,8 @@ def _await_settled(stack, engine, receiver, channel, workers, offer_end, size) -
     for queue in _QueueSampler.QUEUES:
         pipe.llen(queue)
     pipe.hlen("unacked")
-    pipe.llen("incident:digest:" + channel)
-    left = dict(
-        zip((*_QueueSampler.QUEUES, "unacked", "slack_digest"), pipe.execute(), strict=True)
-    )
+    left = dict(zip((*_QueueSampler.QUEUES, "unacked"), pipe.execute(), strict=True))
+    left["slack_digest"] = _digest_backlog(engine, channel)
     return {
         "wait_limit_s": size["drain_wait_s"],
         "waited_s": round(time.monotonic() - offer_end, 1),
@@ -539,10 +544,11 @@ class _QueueSampler(threading.Thread):
     QUEUES = ("ingest", "page", "notify")
     FIELDS = (*QUEUES, "unacked", "slack_digest")
 
-    def __init__(self, stack: Stack, channel: str) -> None:
+    def __init__(self, stack: Stack, channel: str, engine) -> None:
         super().__init__(daemon=True)
         self._redis = stack.redis()
-        self._digest = "incident:digest:" + channel
+        self._engine = engine
+        self._channel = channel
         self._halt = threading.Event()
         self.samples: list[tuple[float, tuple[int, ...]]] = []
 
@@ -553,8 +559,8 @@ class _QueueSampler(threading.Thread):
             for queue in self.QUEUES:
                 pipe.llen(queue)
             pipe.hlen("unacked")
-            pipe.llen(self._digest)
-            self.samples.append((time.monotonic() - start, tuple(pipe.execute())))
+            depths = (*pipe.execute(), _digest_backlog(self._engine, self._channel))
+            self.samples.append((time.monotonic() - start, depths))
             if self._halt.wait(0.5):
                 break
 

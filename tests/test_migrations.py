@@ -8,6 +8,7 @@ import uuid
 
 from sqlalchemy import inspect
 
+import incident.models  # noqa: F401 - every table on Base.metadata, outbox_messages (0004) too
 from incident.db import Base, engine_for
 from incident.migrate import check, upgrade
 from tests.conftest import create_database, drop_database

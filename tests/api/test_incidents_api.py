@@ -8,7 +8,7 @@ import pytest
 
 from incident.alerts.schemas import WebhookPayload
 from incident.db import session_scope
-from incident.incidents.grouping import apply_notification
+from incident.incidents.grouping import apply_webhook
 from incident.rules import load_rules
 from tests.factories import T0, alert, payload
 
@@ -23,7 +23,7 @@ INCIDENT_KEYS = {
 def open_incident(n: int, **labels: str) -> int:
     body = payload(alert(instance=str(n), **labels), group_labels={"alertname": "Down", "n": str(n)})
     with session_scope() as session:
-        change = apply_notification(
+        change = apply_webhook(
             session, WebhookPayload.model_validate(body), RULES, now=T0 + timedelta(seconds=n)
         )
     return change.incident_id

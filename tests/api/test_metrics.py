@@ -160,7 +160,7 @@ def test_every_metric_appears_and_moves_with_its_event(clean_state, stack, metri
     assert value(scrape(api), "incident_escalation_lag_seconds") >= 300
 
     # Queue depth: nobody here takes maintenance work.
-    from incident.maintenance.tasks import purge_resolved_incidents
+    from incident.worker.tasks.maintenance import purge_resolved_incidents
 
     for _ in range(3):
         purge_resolved_incidents.apply_async()

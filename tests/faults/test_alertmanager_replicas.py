@@ -118,7 +118,7 @@ def wait_for_deliveries(replicas, at_least: list[int], what: str) -> None:
 def settled_ledger(redis_client, rows: int) -> list[dict[str, Any]]:
     def done():
         found = ledger()
-        if len(found) < rows or any(r["status"] in ("pending", "sending") for r in found):
+        if len(found) < rows or any(r["status"] in ("pending", "sending", "digested") for r in found):
             return None
         return found
 

@@ -94,7 +94,7 @@ def wait_settled(redis_client, expected_rows: int, *, timeout: float) -> list[di
 
     def done():
         rows = ledger()
-        unsettled = any(row["status"] in ("pending", "sending") for row in rows)
+        unsettled = any(row["status"] in ("pending", "sending", "digested") for row in rows)
         return rows if len(rows) >= expected_rows and not unsettled else None
 
     rows = wait_for(done, timeout=timeout, interval=0.25,

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from incident.db import engine_for
-from incident.incidents.tasks import apply_notification
+from incident.incidents.ingest import ingest_payload
+from incident.worker.tasks import context
 from tests.conftest import API_TOKEN, TABLES
 from tests.factories import alert, payload
 from tests.fuzz.conftest import CHARS, assert_rejection_names_fields, fuzz_settings, json_values
@@ -31,10 +32,17 @@ QUERY_NAMES = ("status", "severity", "limit", "cursor")
 def incident_ids(receiver, database_url: str, redis_url: str) -> list[int]:
     with engine_for(database_url).begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-    # The digest cache too, or a re-run would find these notifications already applied.
+    # The repeat cache too, or a re-run would find these webhooks already applied.
     redis.Redis.from_url(redis_url).flushdb()
-    return [apply_notification(payload(alert(instance=f"api-{n}"), group_labels={"n": str(n)}))
+    return [apply_webhook(payload(alert(instance=f"api-{n}"), group_labels={"n": str(n)}))
             for n in range(3)]
+
+
+def apply_webhook(raw: dict) -> int | None:
+    """One webhook applied in-process, as a worker applies it."""
+    ctx = context()
+    change = ingest_payload(raw, rules=ctx.rules, repeats=ctx.repeats, events=ctx.events)
+    return change.incident_id if change else None
 
 
 query_values = st.one_of(

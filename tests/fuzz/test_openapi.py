@@ -95,14 +95,14 @@ def some_incidents(app: FastAPI, database_url: str, redis_url: str) -> list[int]
     from sqlalchemy import text
 
     from incident.db import engine_for
-    from incident.incidents.tasks import apply_notification
     from tests.conftest import TABLES
+    from tests.fuzz.test_api_inputs import apply_webhook
 
     with engine_for(database_url).begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-    # The digest cache too, or a re-run would find these notifications already applied.
+    # The repeat cache too, or a re-run would find these webhooks already applied.
     redis.Redis.from_url(redis_url).flushdb()
-    return [apply_notification(payload(alert(instance=f"st-{n}"), group_labels={"n": str(n)}))
+    return [apply_webhook(payload(alert(instance=f"st-{n}"), group_labels={"n": str(n)}))
             for n in range(3)]
 
 

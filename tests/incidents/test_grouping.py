@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from incident.alerts.schemas import WebhookPayload
 from incident.db import engine_for, session_scope
-from incident.incidents.grouping import apply_notification
+from incident.incidents.grouping import apply_webhook
 from incident.incidents.models import Incident, TimelineEntry, TimelineKind
 from incident.rules import load_rules
 from tests.factories import T0, alert, payload
@@ -20,7 +20,7 @@ RULES = load_rules(None)
 
 
 def apply(session: Session, body: dict, *, at=T0):
-    change = apply_notification(session, WebhookPayload.model_validate(body), RULES, now=at)
+    change = apply_webhook(session, WebhookPayload.model_validate(body), RULES, now=at)
     session.flush()
     return change
 
@@ -158,7 +158,7 @@ def deliver_twice_at_once(engine, body: WebhookPayload) -> list[BaseException]:
         try:
             barrier.wait()
             with session_scope(engine) as session:
-                apply_notification(session, body, RULES, now=T0)
+                apply_webhook(session, body, RULES, now=T0)
         except BaseException as exc:
             errors.append(exc)
 

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from incident.incidents import deadletters
-from incident.incidents import tasks as incident_tasks
+from incident.worker.tasks import incidents as incident_tasks
 from tests.factories import alert, payload
 
 # Celery task objects are lazy proxies: reach them through the module at test

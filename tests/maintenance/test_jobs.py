@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from incident import keys
 from incident.config import get_settings
 from incident.db import session_scope
 from incident.incidents.models import Incident
 from incident.maintenance import watchdog
 from incident.maintenance.backups import create_backup
 from incident.maintenance.locks import PREFIX, run_once
-from incident.worker.app import beat_schedule, worker_rules
+from incident.worker.app import beat_schedule
 from tests import factories
 
 RULES = """
@@ -34,7 +35,7 @@ maintenance:
 @pytest.fixture
 def jobs(clean_state, incident_environment, monkeypatch, tmp_path) -> Iterator[Path]:
     """This process configured as a worker with the rules above; yields the backup dir."""
-    from incident.maintenance import tasks
+    from incident.worker.tasks import reset_context
 
     rules = tmp_path / "rules.yml"
     rules.write_text(RULES)
@@ -42,13 +43,12 @@ def jobs(clean_state, incident_environment, monkeypatch, tmp_path) -> Iterator[P
     backups.mkdir()
     monkeypatch.setenv("INCIDENT_RULES_FILE", str(rules))
     monkeypatch.setenv("INCIDENT_BACKUP_DIR", str(backups))
-    caches = (get_settings, worker_rules, tasks.internal_alerts)
-    for cache in caches:
-        cache.cache_clear()
+    get_settings.cache_clear()
+    reset_context()
     yield backups
     monkeypatch.undo()
-    for cache in caches:
-        cache.cache_clear()
+    get_settings.cache_clear()
+    reset_context()
 
 
 def description(incident_id: int) -> str:
@@ -94,8 +94,8 @@ def test_a_finished_run_holds_off_the_second_beats_copy_of_the_same_tick(redis_c
 
 
 def test_two_copies_of_a_maintenance_task_at_once_purge_once(jobs, monkeypatch):
-    from incident.maintenance import tasks
     from incident.maintenance.retention import PurgeReport
+    from incident.worker.tasks import maintenance as tasks
 
     calls: list[int] = []
 
@@ -132,8 +132,12 @@ def test_the_beat_schedule_comes_from_the_rules_file(jobs):
 def test_watchdog_alerts_open_nothing_and_silence_opens_one_sev1_that_their_return_resolves(
     jobs, redis_client
 ):
-    from incident.incidents.tasks import apply_notification
-    from incident.maintenance.tasks import check_watchdog
+    from incident.worker.tasks.incidents import ingest_webhook
+    from incident.worker.tasks.maintenance import check_watchdog
+
+    def apply_notification(payload: dict) -> int | None:
+        """One notification through the worker's ingestion, in this process."""
+        return ingest_webhook(payload=payload)
 
     heartbeat = factories.payload(factories.alert(alertname="Watchdog", severity="none"))
     assert apply_notification(heartbeat) is None
@@ -143,8 +147,8 @@ def test_watchdog_alerts_open_nothing_and_silence_opens_one_sev1_that_their_retu
 
     # Three seconds without a Watchdog: past max_silence (2s).
     past = (datetime.now(UTC) - timedelta(seconds=3)).timestamp()
-    redis_client.set(watchdog.LAST_SEEN, past)
-    redis_client.set(watchdog.ARMED_AT, past)
+    redis_client.set(keys.WATCHDOG_LAST_SEEN, past)
+    redis_client.set(keys.WATCHDOG_ARMED_AT, past)
     assert check_watchdog() == "silent"
     assert check_watchdog() == "silent"
     (silent,) = open_incidents()
@@ -159,17 +163,17 @@ def test_watchdog_alerts_open_nothing_and_silence_opens_one_sev1_that_their_retu
 
 
 def test_silence_counts_from_start_up_when_no_watchdog_ever_arrived(jobs, redis_client):
-    from incident.maintenance.tasks import check_watchdog
+    from incident.worker.tasks.maintenance import check_watchdog
 
     assert check_watchdog() == "quiet"  # arms the switch
-    redis_client.set(watchdog.ARMED_AT, (datetime.now(UTC) - timedelta(seconds=3)).timestamp())
+    redis_client.set(keys.WATCHDOG_ARMED_AT, (datetime.now(UTC) - timedelta(seconds=3)).timestamp())
     assert check_watchdog() == "silent"
     (silent,) = open_incidents()
     assert "heard never, since start-up" in description(silent.id)
 
 
 def verify_now(redis_client):
-    from incident.maintenance.tasks import verify_backup
+    from incident.worker.tasks.maintenance import verify_backup
 
     redis_client.delete(PREFIX + "backup")
     return verify_backup()
@@ -178,11 +182,10 @@ def verify_now(redis_client):
 def test_a_new_installation_gets_max_age_of_grace_before_no_backup_counts(
     jobs, redis_client
 ):
-    from incident.maintenance.tasks import BACKUP_ARMED_AT
 
     assert verify_now(redis_client) is False
     assert all_incidents() == []
-    redis_client.set(BACKUP_ARMED_AT, (datetime.now(UTC) - timedelta(hours=2)).timestamp())
+    redis_client.set(keys.BACKUP_ARMED_AT, (datetime.now(UTC) - timedelta(hours=2)).timestamp())
     assert verify_now(redis_client) is False
     (failing,) = open_incidents()
     assert (failing.title, failing.severity) == ("IncidentBackupFailing", "SEV2")
@@ -218,9 +221,9 @@ def _remove(dump: Path) -> None:
 def test_each_failed_verification_opens_one_internal_incident_that_the_next_good_one_resolves(
     jobs, redis_client, database_url, monkeypatch, damage, problem
 ):
-    from incident.maintenance import tasks
+    from incident.maintenance import jobs as jobs_module
 
-    redis_client.set(tasks.BACKUP_ARMED_AT, (datetime.now(UTC) - timedelta(hours=2)).timestamp())
+    redis_client.set(keys.BACKUP_ARMED_AT, (datetime.now(UTC) - timedelta(hours=2)).timestamp())
     good = create_backup(database_url, jobs, keep=2)
     assert verify_now(redis_client) is True
     assert all_incidents() == []
@@ -229,14 +232,14 @@ def test_each_failed_verification_opens_one_internal_incident_that_the_next_good
         damage(good.path)
     else:
         # Two hours on, the newest backup is past max_age (1h).
-        monkeypatch.setattr(tasks, "clock", lambda: datetime.now(UTC) + timedelta(hours=2))
+        monkeypatch.setattr(jobs_module, "clock", lambda: datetime.now(UTC) + timedelta(hours=2))
     assert verify_now(redis_client) is False
     assert verify_now(redis_client) is False
     (failing,) = open_incidents()
     assert (failing.title, failing.severity) == ("IncidentBackupFailing", "SEV2")
     assert problem in description(failing.id)
 
-    monkeypatch.setattr(tasks, "clock", lambda: datetime.now(UTC))
+    monkeypatch.setattr(jobs_module, "clock", lambda: datetime.now(UTC))
     create_backup(database_url, jobs, keep=2)
     assert verify_now(redis_client) is True
     assert open_incidents() == []

@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select, update
 
+from incident import keys
 from incident.db import session_scope
-from incident.incidents.digests import LAST_SEEN_KEY, DigestCache
+from incident.incidents.events import EventBus
 from incident.incidents.ingest import ingest_payload
 from incident.incidents.models import (
     Alert,
@@ -15,10 +16,13 @@ from incident.incidents.models import (
     Incident,
     TimelineEntry,
 )
+from incident.incidents.repeats import RepeatCache
 from incident.maintenance.retention import purge_resolved
 from incident.maintenance.stale import resolve_stale
+from incident.notifications.ledger import NotificationPlanner
 from incident.notifications.models import Notification
 from incident.notifications.planning import Channels
+from incident.remediation.engine import RemediationScheduler
 from incident.remediation.models import RemediationRun
 from incident.rules import parse_rules
 from tests import factories
@@ -32,14 +36,17 @@ remediations:
     action: command
     with: {argv: ["true"]}
 """)
+EVENTS = EventBus(
+    NotificationPlanner(RULES, CONSOLE), RemediationScheduler(RULES, "http://127.0.0.1:8080")
+)
 
 
 def open_incident(redis_client, service: str) -> int:
     change = ingest_payload(
         factories.payload(factories.alert(service=service)),
         rules=RULES,
-        digests=DigestCache(redis_client),
-        channels=CONSOLE,
+        repeats=RepeatCache(redis_client),
+        events=EVENTS,
     )
     return change.incident_id
 
@@ -48,8 +55,8 @@ def resolve(redis_client, service: str) -> None:
     ingest_payload(
         factories.payload(factories.alert("resolved", service=service)),
         rules=RULES,
-        digests=DigestCache(redis_client),
-        channels=CONSOLE,
+        repeats=RepeatCache(redis_client),
+        events=EVENTS,
     )
 
 
@@ -73,6 +80,11 @@ def count(model, **where) -> int:
         for name, value in where.items():
             query = query.where(getattr(model, name) == value)
         return session.scalar(query)
+
+
+def notification_ids() -> set[int]:
+    with session_scope() as session:
+        return set(session.scalars(select(Notification.id)))
 
 
 def test_purge_removes_old_resolved_incidents_with_everything_hanging_off_them_and_nothing_else(
@@ -103,7 +115,7 @@ def test_purge_removes_old_resolved_incidents_with_everything_hanging_off_them_a
         assert count(model, incident_id=old) == 0
         assert count(model, incident_id=recent) > 0
     assert count(AlertGroup) == 2
-    assert len(redis_client.hkeys(LAST_SEEN_KEY)) == 2
+    assert len(redis_client.hkeys(keys.GROUP_LAST_SEEN)) == 2
 
 
 def test_purge_works_in_batches_and_skips_incidents_a_worker_holds(clean_state, redis_client):
@@ -130,23 +142,25 @@ def test_a_group_alertmanager_stopped_sending_is_resolved_as_stale_and_announced
     fresh = open_incident(redis_client, "new")
     age(stale, idle=timedelta(hours=2))
     age(heard, idle=timedelta(hours=2))
-    redis_client.hset(LAST_SEEN_KEY, "ignored", 0)
+    redis_client.hset(keys.GROUP_LAST_SEEN, "ignored", 0)
     # Unchanged re-sends never reach PostgreSQL; the receiver's record in Redis counts.
     ingest_payload(
         factories.payload(factories.alert(service="still-sent")),
         rules=RULES,
-        digests=DigestCache(redis_client),
-        channels=CONSOLE,
+        repeats=RepeatCache(redis_client),
+        events=EVENTS,
     )
     with session_scope() as session:
         gone_hash = session.scalar(
             select(AlertGroup.group_hash).join(Incident).where(Incident.id == stale)
         )
     redis_client.hset(
-        LAST_SEEN_KEY, gone_hash, int((datetime.now(UTC) - timedelta(hours=2)).timestamp())
+        keys.GROUP_LAST_SEEN, gone_hash, int((datetime.now(UTC) - timedelta(hours=2)).timestamp())
     )
 
-    resolved, created = resolve_stale(RULES, CONSOLE, redis_client)
+    before = notification_ids()
+    resolved = resolve_stale(RULES, EVENTS, redis_client)
+    created = sorted(notification_ids() - before)
 
     assert resolved == [stale]
     assert len(created) == 1
@@ -161,6 +175,8 @@ def test_a_group_alertmanager_stopped_sending_is_resolved_as_stale_and_announced
             .order_by(TimelineEntry.id.desc())
         ).first()
         assert (entry.kind, entry.detail) == ("resolved", {"by": "stale", "stale_after": "1h"})
-        (text,) = session.scalars(select(Notification.text).where(Notification.id == created[0][0]))
+        (text,) = session.scalars(select(Notification.text).where(Notification.id == created[0]))
         assert text == "Resolved (stale: not re-sent by Alertmanager for 1h)"
-    assert resolve_stale(RULES, CONSOLE, redis_client) == ([], [])
+    before = notification_ids()
+    assert resolve_stale(RULES, EVENTS, redis_client) == []
+    assert notification_ids() == before

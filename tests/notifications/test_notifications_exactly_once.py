@@ -149,23 +149,30 @@ def _escalated_steps(incident_id: int) -> list[int]:
     return [d["step"] for d in details]
 
 
-def _two_beats_at_once(rules, channels) -> list[list[tuple[int, bool]]]:
+def _two_beats_at_once(rules, channels) -> list[int]:
     """The body of ``fire_escalations`` in two transactions that both poll before
-    either commits: what two beats (or two overlapping polls) do."""
+    either commits: what two beats (or two overlapping polls) do. Each commit
+    sends its outbox messages to the broker, as a worker's would."""
     from incident.db import session_scope
+    from incident.incidents import outbox
+    from incident.incidents.events import EventBus
+    from incident.incidents.lifecycle import Lifecycle
     from incident.notifications import timers
-    from incident.notifications.ledger import record_notifications
+    from incident.notifications.ledger import NotificationPlanner
+    from incident.worker.app import publish
 
+    outbox.install_publisher(publish)
+    events = EventBus(NotificationPlanner(rules, channels))
     polled = threading.Barrier(2, timeout=10)
-    results: list[list[tuple[int, bool]]] = [[], []]
+    results: list[int] = [0, 0]
     errors: list[BaseException] = []
 
     def beat(slot: int) -> None:
         try:
             now = datetime.now(UTC)
             with session_scope() as session:
-                for fired, entries in timers.fire_due(session, rules, now):
-                    results[slot] += record_notifications(session, fired, entries, rules, channels, now)
+                with Lifecycle(session, events=events, now=now) as life:
+                    results[slot] = timers.fire_due(session, rules, life)
                 try:
                     # Hold this transaction open until the other one has polled too.
                     polled.wait(timeout=3)
@@ -188,7 +195,6 @@ def test_two_beats_polling_at_once_escalate_each_step_once(
     notifying_api, fake_pagerduty, notify_env, fake_slack
 ):
     from incident.notifications.planning import Channels
-    from incident.notifications.tasks import enqueue_deliveries
     from incident.rules import load_rules
 
     rules = load_rules(notify_env["INCIDENT_RULES_FILE"])
@@ -201,7 +207,6 @@ def test_two_beats_polling_at_once_escalate_each_step_once(
         _set_timer_due(shown["id"])
         first, second = _two_beats_at_once(rules, channels)
         assert not (first and second), f"both beats fired step {step}"
-        enqueue_deliveries(first + second)
         assert _escalated_steps(shown["id"]) == [1, 2][:step]
 
     settled(notifying_api)

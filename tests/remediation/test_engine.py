@@ -8,26 +8,39 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from incident.db import session_scope
-from incident.incidents.digests import DigestCache
+from incident.incidents.events import EventBus
 from incident.incidents.grouping import GroupChange
 from incident.incidents.ingest import ingest_payload
 from incident.incidents.models import Incident, TimelineEntry
+from incident.incidents.outbox import OutboxMessage
+from incident.incidents.repeats import RepeatCache
+from incident.notifications.ledger import NotificationPlanner
 from incident.notifications.models import Notification
 from incident.notifications.planning import Channels
 from incident.remediation.breaker import CircuitBreakers
-from incident.remediation.engine import RemediationEngine, Step
+from incident.remediation.engine import (
+    OVERDUE,
+    RUN_TASK,
+    SOFT_LIMIT_MARGIN,
+    Attempt,
+    RemediationEngine,
+    RemediationScheduler,
+    Step,
+)
 from incident.remediation.models import RemediationRun, RunStatus
 from incident.rules import parse_rules
 from tests import factories
 from tests.remediation.target import FakeTarget
 
 SLACK = Channels(slack=True, slack_default_channel="C1", pagerduty=False)
+PUBLIC_URL = "http://127.0.0.1:8080"
 
 
 @pytest.fixture
@@ -59,21 +72,66 @@ remediations:
 """)
 
 
+@dataclass
+class Ingested:
+    """What one webhook changed, and the remediation attempts its commit put in the outbox."""
+
+    change: GroupChange
+    remediations: list[Attempt]
+
+    @property
+    def incident_id(self) -> int | None:
+        return self.change.incident_id
+
+    @property
+    def events(self) -> list:
+        return self.change.events
+
+
+def last_outbox_id() -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.coalesce(func.max(OutboxMessage.id), 0)))
+
+
+def attempts_sent_after(mark: int) -> list[Attempt]:
+    """The remediation attempts committed to the outbox after row ``mark``."""
+    with session_scope() as session:
+        rows = session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.id > mark, OutboxMessage.task == RUN_TASK)
+            .order_by(OutboxMessage.id)
+        ).all()
+        return [
+            Attempt(
+                row.kwargs["run_id"], row.kwargs["attempt"],
+                (row.not_before - row.created_at).total_seconds(),
+                row.options["soft_time_limit"] - SOFT_LIMIT_MARGIN,
+            )
+            for row in rows
+        ]
+
+
 class Harness:
     def __init__(self, rules, redis_client) -> None:
         self.rules = rules
-        self.digests = DigestCache(redis_client)
-        self.engine = RemediationEngine(rules, CircuitBreakers(redis_client), SLACK)
+        self.repeats = RepeatCache(redis_client)
+        self.events = EventBus(
+            NotificationPlanner(rules, SLACK), RemediationScheduler(rules, PUBLIC_URL)
+        )
+        self.engine = RemediationEngine(
+            rules, CircuitBreakers(redis_client), events=self.events, public_url=PUBLIC_URL
+        )
 
-    def ingest(self, raw: dict) -> GroupChange:
-        change = ingest_payload(raw, rules=self.rules, digests=self.digests, channels=SLACK)
+    def ingest(self, raw: dict) -> Ingested:
+        mark = last_outbox_id()
+        change = ingest_payload(raw, rules=self.rules, repeats=self.repeats, events=self.events)
         assert change is not None
-        return change
+        return Ingested(change, attempts_sent_after(mark))
 
-    def open(self, service: str = "api", **labels: str) -> GroupChange:
+    def open(self, service: str = "api", **labels: str) -> Ingested:
         return self.ingest(factories.payload(factories.alert(service=service, **labels)))
 
-    def run_to_the_end(self, change: GroupChange) -> list[Step]:
+    def run_to_the_end(self, change: Ingested) -> list[Step]:
         """Every attempt in turn, as workers would, ignoring the countdowns."""
         steps: list[Step] = []
         pending = list(change.remediations)
@@ -124,7 +182,7 @@ def test_an_opening_schedules_one_run_per_matching_remediation_and_a_resend_none
     harness = Harness(rules_for(target), redis_client)
     first = harness.open()
     assert [a.attempt for a in first.remediations] == [1]
-    harness.digests.client.flushdb()  # the slow path: the group row decides
+    harness.repeats.client.flushdb()  # the slow path: the group row decides
     again = harness.open()
     assert again.remediations == []
     (run,) = runs()
@@ -214,7 +272,9 @@ def test_on_failure_escalate_raises_one_severity_and_escalates_now(
     harness.run_to_the_end(change)
     assert incident(change.incident_id).severity == "SEV2"
     (raised,) = timeline(change.incident_id, "severity_changed")
-    assert raised == {"from": "SEV3", "to": "SEV2", "by": "remediation"}
+    assert raised == {
+        "from": "SEV3", "to": "SEV2", "by": "system", "reason": "remediation restart-api failed"
+    }
     (escalated,) = timeline(change.incident_id, "escalated")
     assert "restart-api" in escalated["reason"]
     actions = [action for action, _ in notifications(change.incident_id)]
@@ -315,10 +375,13 @@ def test_the_sweeper_resends_a_pending_attempt_nobody_took(clean_state, redis_cl
     assert harness.engine.sweep().next_attempts == []
     with session_scope() as session:
         session.execute(
-            update(RemediationRun).values(next_attempt_at=datetime.now(UTC) - timedelta(minutes=3))
+            update(RemediationRun).values(
+                next_attempt_at=datetime.now(UTC) - OVERDUE - timedelta(minutes=1)
+            )
         )
     (again,) = harness.engine.sweep().next_attempts
     assert (again.run_id, again.attempt) == (first.run_id, 1)
+    assert harness.engine.sweep().next_attempts == [], "stamped: sent once per OVERDUE"
 
 
 def test_a_run_whose_remediation_left_the_rules_fails_with_a_clear_error(

@@ -16,9 +16,13 @@ from sqlalchemy import select
 from incident.alerts.schemas import WebhookPayload
 from incident.cli.rules import assess
 from incident.db import session_scope
-from incident.incidents.digests import DigestCache
+from incident.incidents.events import EventBus
 from incident.incidents.ingest import ingest_payload
 from incident.incidents.models import Incident
+from incident.incidents.repeats import RepeatCache
+from incident.notifications.ledger import NotificationPlanner
+from incident.notifications.planning import Channels
+from incident.remediation.engine import RemediationScheduler
 from incident.remediation.models import RemediationRun
 from incident.rules import Rules, parse_rules
 from tests.factories import GO_ZERO_TIME, fingerprint
@@ -231,6 +235,14 @@ def rules() -> Rules:
     return parse_rules(RULES)
 
 
+def pipeline_events(rules: Rules) -> EventBus:
+    """What a worker's context subscribes: notification planning and remediation runs."""
+    channels = Channels(slack=False, slack_default_channel=None, pagerduty=False)
+    return EventBus(
+        NotificationPlanner(rules, channels), RemediationScheduler(rules, "http://127.0.0.1:8080")
+    )
+
+
 def predicted(rules: Rules, raw: dict[str, Any]) -> dict[str, Any]:
     verdict = assess(rules, WebhookPayload.model_validate(raw))
     return {
@@ -261,7 +273,9 @@ def test_prediction_is_what_the_pipeline_stores(
     case: Case, rules: Rules, clean_state: None, redis_client
 ) -> None:
     prediction = predicted(rules, case.raw)
-    change = ingest_payload(case.raw, rules=rules, digests=DigestCache(redis_client))
+    change = ingest_payload(
+        case.raw, rules=rules, repeats=RepeatCache(redis_client), events=pipeline_events(rules)
+    )
     assert change is not None and change.incident_id is not None
 
     assert prediction == stored(change.incident_id)
@@ -281,7 +295,9 @@ def test_nothing_firing_predicts_no_incident_and_none_opens(
         group_labels={"alertname": "HighErrorRate", "service": "api"},
     )
     prediction = predicted(rules, raw)
-    change = ingest_payload(raw, rules=rules, digests=DigestCache(redis_client))
+    change = ingest_payload(
+        raw, rules=rules, repeats=RepeatCache(redis_client), events=pipeline_events(rules)
+    )
     assert change is not None and change.incident_id is None
     assert (prediction["severity"], prediction["remediations"]) == (None, [])
     with session_scope() as session:
