@@ -65,3 +65,21 @@ def test_the_receiver_does_not_load_the_worker_tasks():
     ).stdout.split()
     assert not [m for m in loaded if m.startswith("incident.worker.tasks")]
     assert "incident.incidents.grouping" in loaded  # the import ran at all
+
+
+def test_only_the_lifecycle_writes_timeline_entries_or_changes_an_incidents_state():
+    """One place changes an incident: no other module builds a timeline entry or
+    assigns an incident's status, severity, or when it was acknowledged or resolved."""
+    import re
+
+    writes = re.compile(
+        r"TimelineEntry\(|\b(?:incident|last)\.(?:status|severity|acknowledged_at|resolved_at)\s*=[^=]"
+    )
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "incident").rglob("*.py"))
+        if path.name != "lifecycle.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if writes.search(line) and not line.lstrip().startswith(("class ", "#"))
+    ]
+    assert not found, "\n".join(found)
