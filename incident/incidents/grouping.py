@@ -90,18 +90,25 @@ def apply_webhook(
 
 
 def _lock_group(session: Session, ghash: str, payload: WebhookPayload) -> AlertGroup:
+    """The group's row, locked; created if absent.
+
+    A group seen before is locked without writing it (a re-send the cache
+    missed must still write nothing). A new one is inserted and locked in one
+    statement: an upsert that writes a column of a row another delivery just
+    inserted takes that row's lock, so concurrent first deliveries wait on
+    the same row instead of racing a read-then-write.
+    """
     lock = select(AlertGroup).where(AlertGroup.group_hash == ghash).with_for_update()
     group = session.scalars(lock).one_or_none()
-    if group is None:
-        # Insert-if-absent then lock: concurrent first deliveries both end up
-        # waiting on the same row instead of racing a read-then-write.
-        session.execute(
-            insert(AlertGroup)
-            .values(group_hash=ghash, receiver=payload.receiver, group_key=payload.group_key)
-            .on_conflict_do_nothing(index_elements=[AlertGroup.group_hash])
-        )
-        group = session.scalars(lock).one()
-    return group
+    if group is not None:
+        return group
+    upsert = insert(AlertGroup).values(
+        group_hash=ghash, receiver=payload.receiver, group_key=payload.group_key
+    )
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[AlertGroup.group_hash], set_={"receiver": upsert.excluded.receiver}
+    ).returning(AlertGroup)
+    return session.scalars(upsert, execution_options={"populate_existing": True}).one()
 
 
 def _latest_incident(session: Session, group_id: int) -> Incident | None:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import BigInteger, DateTime, Identity, Index, String, event, select, text, update
+from sqlalchemy import BigInteger, DateTime, Identity, Index, String, event, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -106,39 +106,36 @@ def _forget_after_rollback(session: Session) -> None:
     session.info.pop(_PENDING, None)
 
 
-def send_committed(bind: Any, rows: list[OutboxMessage], publish: Publish) -> int:
-    """The fast path: send what this process just committed, and stamp it.
+# Claims (stamps) the committed rows nobody has taken, locking them until the
+# stamping transaction ends: the poll skips locked rows, and a process that dies
+# before its COMMIT leaves them unstamped for the poll.
+_CLAIM = text(
+    "UPDATE outbox_messages SET relayed_at = :now WHERE id IN ("
+    " SELECT id FROM outbox_messages WHERE id = ANY(:ids) AND relayed_at IS NULL"
+    " FOR UPDATE SKIP LOCKED) RETURNING id"
+)
 
-    The rows are locked while they are sent, and the poll skips locked rows,
-    so the two never send the same message, however long the commit took.
+
+def send_committed(bind: Any, rows: list[OutboxMessage], publish: Publish) -> int:
+    """The fast path: claim what this process just committed, send it, commit the stamps.
+
+    A stamp commits only after the broker took every message it covers; if a
+    send fails, the claims roll back and the poll sends the lot (one duplicate
+    at most, which the consumers' own claims absorb).
     """
     by_id = {row.id: row for row in rows}
-    sent: list[int] = []
     try:
         # A session bound to a connection (a test's outer transaction) sends on its engine.
-        with Session(getattr(bind, "engine", bind)) as session, session.begin():
-            mine = session.scalars(
-                select(OutboxMessage.id)
-                .where(OutboxMessage.id.in_(by_id), OutboxMessage.relayed_at.is_(None))
-                .order_by(OutboxMessage.id)
-                .with_for_update(skip_locked=True)
-            ).all()
+        with getattr(bind, "engine", bind).connect() as conn:
             now = datetime.now(UTC)
-            for row_id in mine:
-                try:
-                    publish(by_id[row_id].message(now))
-                except Exception as exc:  # the broker is away: the poll sends the rest
-                    log.warning("outbox message not sent; the poll will", error=str(exc))
-                    break
-                sent.append(row_id)
-            if sent:
-                session.execute(
-                    update(OutboxMessage).where(OutboxMessage.id.in_(sent)).values(relayed_at=now)
-                )
-    except Exception as exc:
-        # The database is away: what was sent may be sent once more by the poll, harmlessly.
-        log.warning("outbox fast path failed; the poll will finish", error=str(exc))
-    return len(sent)
+            claimed = conn.execute(_CLAIM, {"ids": list(by_id), "now": now}).scalars().all()
+            for row_id in sorted(claimed):
+                publish(by_id[row_id].message(now))
+            conn.commit()
+            return len(claimed)
+    except Exception as exc:  # the broker or the database is away: the poll sends them
+        log.warning("outbox messages left to the poll", error=str(exc))
+        return 0
 
 
 def send_pending(engine: Engine, publish: Publish, *, now: datetime | None = None,

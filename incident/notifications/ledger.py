@@ -58,8 +58,10 @@ class NotificationPlanner:
         now: datetime,
     ) -> None:
         timers.on_timeline(session, incident, entries, self.rules, now)
-        paged = _has_trigger(session, incident.id, Channel.PAGERDUTY)
-        slack_parent = _has_trigger(session, incident.id, Channel.SLACK)
+        # An incident opened in this very transaction has been told nothing yet.
+        new = TimelineKind(entries[0].kind) is TimelineKind.OPENED
+        paged = not new and _has_trigger(session, incident.id, Channel.PAGERDUTY)
+        slack_parent = not new and _has_trigger(session, incident.id, Channel.SLACK)
         rule_channel = self.rules.slack_channel_for(incident.labels)
         for entry in entries:
             state = IncidentState(Severity(incident.severity), incident.flapping, paged, slack_parent)
