@@ -22,10 +22,13 @@ import re2
 
 # Go's RE2 `\s` is ASCII whitespace only; Python's `\s` would also eat
 # Unicode spaces that Alertmanager keeps as part of a value.
-_GO_SPACE = r"[\t\n\f\r ]*"
+_GO_SPACES = "\t\n\f\r "
+_GO_SPACE = rf"[{_GO_SPACES}]*"
 # '=~' comes before '=' so that `a=~b` is a regex matcher, not `a` = `~b`.
+# Trailing blanks are cut before matching: a lazy `(.*?)` followed by blanks
+# would backtrack over a long run of them in quadratic time.
 _MATCHER_SYNTAX = re.compile(
-    rf"{_GO_SPACE}([a-zA-Z_:][a-zA-Z0-9_:]*){_GO_SPACE}(=~|=|!=|!~){_GO_SPACE}(.*?){_GO_SPACE}",
+    rf"{_GO_SPACE}([a-zA-Z_:][a-zA-Z0-9_:]*){_GO_SPACE}(=~|=|!=|!~){_GO_SPACE}(.*)",
     re.DOTALL,
 )
 _LABEL_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -166,7 +169,7 @@ def parse_matchers(text: str) -> list[Matcher]:
 
 def parse_matcher(text: str) -> Matcher:
     """Parse one ``name op value`` matcher; the value may be double-quoted."""
-    syntax = _MATCHER_SYNTAX.fullmatch(text)
+    syntax = _MATCHER_SYNTAX.fullmatch(text.rstrip(_GO_SPACES))
     if syntax is None and not text.strip():
         raise MatcherError(text, "empty matcher (two commas in a row?)")
     if syntax is None:

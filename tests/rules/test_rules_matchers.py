@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from incident.rules.matchers import Matcher, MatcherError, MatchOp, parse_matchers
+from incident.rules.matchers import Matcher, MatcherError, MatchOp, parse_matcher, parse_matchers
 
 EQ, NE, RE, NRE = MatchOp.EQUAL, MatchOp.NOT_EQUAL, MatchOp.REGEX, MatchOp.NOT_REGEX
 
@@ -147,6 +147,16 @@ def test_matching_takes_linear_time_in_the_value() -> None:
     value = "-" * 40_000
     started = time.perf_counter()
     assert not matcher.matches({"instance": value})
+    assert time.perf_counter() - started < 0.5
+
+
+def test_parsing_takes_linear_time_in_the_text() -> None:
+    # Matchers also come from the API (maintenance windows): a long run of
+    # blanks must not make the parser backtrack.
+    started = time.perf_counter()
+    with pytest.raises(MatcherError, match="never closed"):
+        parse_matcher('a="' + " " * 40_000 + "x")
+    assert parse_matcher("a=x" + " " * 40_000) == Matcher("a", EQ, "x")
     assert time.perf_counter() - started < 0.5
 
 
