@@ -9,6 +9,7 @@ and the embedded servers last.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -26,6 +27,8 @@ from pathlib import Path
 from types import FrameType
 
 import psutil
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 import incident
 from incident.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
@@ -67,6 +70,44 @@ def _describe_exit(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        # Any other name may resolve to anything, now or later: not loopback.
+        return False
+
+
+def check_exposure(host: str, env: dict[str, str]) -> None:
+    """Refuse to serve beyond this machine without both tokens.
+
+    Dev mode lets requests in without a token, which is fine on loopback only.
+    """
+    if _is_loopback(host):
+        return
+    missing = [
+        name for name in ("INCIDENT_WEBHOOK_TOKEN", "INCIDENT_API_TOKEN")
+        if not env.get(name, "").strip()
+    ]
+    if missing:
+        raise DevError(
+            f"--host {host or '(every address)'} is not loopback, and dev mode serves without "
+            "tokens: set both INCIDENT_WEBHOOK_TOKEN and INCIDENT_API_TOKEN to listen there "
+            f"({' and '.join(missing)} not set), or use --host 127.0.0.1"
+        )
+
+
+def _shown_database_url(url: str) -> str:
+    """The URL without its password, for messages; the password is never printed."""
+    try:
+        # The query too: libpq also takes `?password=`.
+        return make_url(url).set(query={}).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "from INCIDENT_DATABASE_URL"
 
 
 def _http_host(host: str) -> str:
@@ -111,6 +152,7 @@ class DevStack:
                 self._restore_signals(previous)
 
     def _start(self) -> None:
+        check_exposure(self.host, self.env)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover_children()
         self._check_port_free()
@@ -198,7 +240,7 @@ class DevStack:
         if code != 0:
             raise DevError(
                 f"`incident migrate` {_describe_exit(code)} (its output is above); "
-                f"database: {self.env['INCIDENT_DATABASE_URL']}"
+                f"database: {_shown_database_url(self.env['INCIDENT_DATABASE_URL'])}"
             )
 
     def _spawn(self, name: str, *args: str) -> None:

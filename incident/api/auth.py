@@ -18,15 +18,20 @@ class Unauthorized(HTTPException):
 
 
 def _check_bearer(request: Request, token: SecretStr | None, auth_off: bool) -> None:
-    if token is None:
-        if auth_off:
+    # Both sides are stripped: a token pasted with a trailing newline or blank,
+    # into the environment or into Alertmanager's file, must still match.
+    expected = token.get_secret_value().strip() if token is not None else ""
+    if not expected:
+        if token is None and auth_off:
             return
+        # A blank token is no token: it must never match an empty credential.
         raise Unauthorized("no token is configured for this route")
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
+    presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
         raise Unauthorized("missing bearer token")
-    if not hmac.compare_digest(presented.strip().encode(), token.get_secret_value().encode()):
+    if not hmac.compare_digest(presented.encode(), expected.encode()):
         raise Unauthorized("invalid bearer token")
 
 

@@ -12,11 +12,13 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from incident.alerts.identity import group_hash
+from incident.alerts.limits import oversized_label
 from incident.alerts.schemas import WebhookPayload
 from incident.api.auth import require_webhook_token
 from incident.api.errors import error_response, error_responses, validation_fields
 from incident.incidents.ingest import INGEST_TASK, ingest_queue
 from incident.metrics import count
+from incident.rules import Rules
 from incident.worker.app import app as celery_app
 
 log = structlog.get_logger(__name__)
@@ -78,6 +80,12 @@ def _deeper_than(document: object, limit: int) -> str | None:
 def _is_json(content_type: str) -> bool:
     media_type = content_type.split(";", 1)[0].strip().lower()
     return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _classify_and_enqueue(raw: dict, payload: WebhookPayload, rules: Rules) -> None:
+    # Both off the event loop: classifying runs the rules' regexes over every
+    # label value, and /healthz must answer while it does.
+    _enqueue(raw, payload, ingest_queue(payload, rules))
 
 
 def _enqueue(raw: dict, payload: WebhookPayload, queue: str) -> None:
@@ -191,9 +199,12 @@ async def _receive(request: Request) -> JSONResponse:
         return error_response(
             422, "not an Alertmanager version 4 payload", fields=validation_fields(exc)
         )
+    if (oversized := oversized_label(payload)) is not None:
+        return error_response(
+            422, oversized.message, fields=[{"field": oversized.field, "message": oversized.message}]
+        )
     try:
-        queue = ingest_queue(payload, request.app.state.rules)
-        await run_in_threadpool(_enqueue, raw, payload, queue)
+        await run_in_threadpool(_classify_and_enqueue, raw, payload, request.app.state.rules)
     except (BrokerUnavailable, OSError) as exc:
         log.error("could not enqueue webhook", error=str(exc))
         return error_response(503, "could not enqueue durably; retry later")

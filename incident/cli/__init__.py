@@ -125,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="everything on one machine, on embedded PostgreSQL and Redis")
     dev.add_argument("--state-dir", type=Path, default=Path(".incident"))
-    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1); any other needs "
+        "INCIDENT_WEBHOOK_TOKEN and INCIDENT_API_TOKEN set",
+    )
     dev.add_argument("--port", type=int, default=8080)
     dev.set_defaults(run=_dev)
 

@@ -177,11 +177,13 @@ def _fields(incident: IncidentView) -> list[Block]:
 
 
 def _details(incident: IncidentView) -> str:
+    # Slack refuses a section whose text is blank, and with it the whole message.
     parts: list[str] = []
-    if incident.summary:
-        parts.append(f"*{escaped_within(incident.summary, SECTION_LIMIT // 3)}*")
-    description = incident.annotations.get("description")
-    if description and description != incident.summary:
+    summary = (incident.summary or "").strip()
+    if summary:
+        parts.append(f"*{escaped_within(summary, SECTION_LIMIT // 3)}*")
+    description = (incident.annotations.get("description") or "").strip()
+    if description and description != summary:
         parts.append(escaped_within(description, SECTION_LIMIT - 2 - sum(map(len, parts)) - 1))
     return "\n".join(parts)
 

@@ -3,6 +3,10 @@
 Parsing follows Alertmanager's classic parser (``pkg/labels/parse.go``) rule
 for rule, quirks included, so a matcher copied from a routing tree or an
 ``amtool`` command line means the same thing here as it does there.
+
+Regexes are RE2's, as in Alertmanager (Go's ``regexp`` is RE2): the same
+syntax, and matching in time linear in the value, so no label value can hold
+a process for long, whatever the pattern.
 """
 
 from __future__ import annotations
@@ -14,18 +18,31 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 
+import re2
+
 # Go's RE2 `\s` is ASCII whitespace only; Python's `\s` would also eat
 # Unicode spaces that Alertmanager keeps as part of a value.
-_GO_SPACE = r"[\t\n\f\r ]*"
+_GO_SPACES = "\t\n\f\r "
+_GO_SPACE = rf"[{_GO_SPACES}]*"
 # '=~' comes before '=' so that `a=~b` is a regex matcher, not `a` = `~b`.
+# Trailing blanks are cut before matching: a lazy `(.*?)` followed by blanks
+# would backtrack over a long run of them in quadratic time.
 _MATCHER_SYNTAX = re.compile(
-    rf"{_GO_SPACE}([a-zA-Z_:][a-zA-Z0-9_:]*){_GO_SPACE}(=~|=|!=|!~){_GO_SPACE}(.*?){_GO_SPACE}",
+    rf"{_GO_SPACE}([a-zA-Z_:][a-zA-Z0-9_:]*){_GO_SPACE}(=~|=|!=|!~){_GO_SPACE}(.*)",
     re.DOTALL,
 )
 _LABEL_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-# Python refuses global flags such as `(?i)` anywhere but at the very start,
-# and anchoring wraps the value in a group; a leading one is hoisted out.
-_LEADING_FLAGS = re.compile(r"\(\?[aiLmsux]+\)")
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    # A refused pattern is reported through MatcherError; RE2 would also print
+    # it on stderr.
+    options.log_errors = False
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
 
 
 class MatcherError(ValueError):
@@ -78,8 +95,8 @@ class Matcher:
             return partial(operator.ne, self.value)
         pattern = _anchored_regex(self)
         if self.op is MatchOp.REGEX:
-            return lambda value: pattern.fullmatch(value) is not None
-        return lambda value: pattern.fullmatch(value) is None
+            return lambda value: pattern.search(value) is not None
+        return lambda value: pattern.search(value) is None
 
     def __reduce__(self) -> tuple[type[Matcher], tuple[str, MatchOp, str]]:
         # The compiled test is a closure, which pickle cannot carry; rebuild it.
@@ -95,16 +112,24 @@ class Matcher:
         return f'{self.name}{self.op}"{escaped}"'
 
 
-def _anchored_regex(matcher: Matcher) -> re.Pattern[str]:
-    flags_prefix = ""
-    body = matcher.value
-    if leading := _LEADING_FLAGS.match(body):
-        flags_prefix, body = leading.group(), body[leading.end() :]
+def _anchored_regex(matcher: Matcher) -> re2._Regexp:
+    # Alertmanager's own anchoring, by text: `(?i)` anywhere keeps Go's meaning
+    # (it applies to the rest of its group), and RE2's `$` is the end of the text.
     try:
-        # fullmatch anchors both ends, like Alertmanager's `^(?:re)$`.
-        return re.compile(f"{flags_prefix}(?:{body})")
-    except re.error as error:
-        raise MatcherError(str(matcher), f"invalid regular expression: {error.msg}") from None
+        return re2.compile(f"^(?:{matcher.value})$", _RE2_OPTIONS)
+    except re2.error as error:
+        raise MatcherError(
+            str(matcher),
+            f"invalid regular expression (RE2 syntax, as Alertmanager's): {_re2_message(error)}",
+        ) from None
+    except UnicodeEncodeError:
+        raise MatcherError(str(matcher), "the value is not valid UTF-8") from None
+
+
+def _re2_message(error: re2.error) -> str:
+    # The binding hands RE2's message over as bytes.
+    detail = error.args[0] if error.args else error
+    return detail.decode("utf-8", "replace") if isinstance(detail, bytes) else str(detail)
 
 
 def parse_matchers(text: str) -> list[Matcher]:
@@ -144,7 +169,7 @@ def parse_matchers(text: str) -> list[Matcher]:
 
 def parse_matcher(text: str) -> Matcher:
     """Parse one ``name op value`` matcher; the value may be double-quoted."""
-    syntax = _MATCHER_SYNTAX.fullmatch(text)
+    syntax = _MATCHER_SYNTAX.fullmatch(text.rstrip(_GO_SPACES))
     if syntax is None and not text.strip():
         raise MatcherError(text, "empty matcher (two commas in a row?)")
     if syntax is None:

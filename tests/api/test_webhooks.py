@@ -162,3 +162,55 @@ def test_an_urgent_group_is_queued_for_paging_ahead_of_the_backlog(
     paged = [json.loads(m) for m in redis_client.lrange("page", 0, -1)]
     assert len(paged) == 2
     assert {m["headers"]["task"] for m in paged} == {"incident.incidents.ingest_webhook"}
+
+
+LIMIT = 16 * 1024
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("x" * LIMIT, True),
+        ("x" * (LIMIT + 1), False),
+        # The limit counts UTF-8 bytes: 8,193 two-byte characters are 16,386 bytes.
+        ("é" * (LIMIT // 2), True),
+        ("é" * (LIMIT // 2 + 1), False),
+    ],
+    ids=["16KiB", "16KiB+1", "16KiB-of-2-byte-chars", "16KiB+2-in-2-byte-chars"],
+)
+def test_a_label_value_over_16_KiB_gets_422_naming_the_label(
+    client, webhook_headers, redis_client, value, accepted
+):
+    body = payload(alert(instance="a"), alert(instance="b", hostname=value))
+    response = client.post(URL, content=orjson.dumps(body), headers=webhook_headers)
+    if accepted:
+        assert response.status_code == 202
+        return
+    assert response.status_code == 422
+    answer = response.json()
+    assert "'hostname'" in answer["error"]
+    assert "16 KiB" in answer["error"]
+    assert answer["fields"] == [{"field": "alerts.1.labels.hostname", "message": answer["error"]}]
+    assert queued(redis_client) == []
+
+
+def test_a_label_name_over_16_KiB_gets_422_showing_its_start(client, webhook_headers, redis_client):
+    name = "n" * (LIMIT + 1)
+    body = payload(alert(**{name: "v"}))
+    response = client.post(URL, content=orjson.dumps(body), headers=webhook_headers)
+    assert response.status_code == 422
+    answer = response.json()
+    assert "label name 'nnnn" in answer["error"]
+    assert f"{LIMIT + 1} bytes" in answer["error"]
+    [field] = answer["fields"]
+    assert field["field"].startswith("alerts.0.labels.nnnn")
+    assert len(response.content) < 1000  # the name is shown cut, not echoed whole
+    assert queued(redis_client) == []
+
+
+def test_a_queued_payload_with_a_long_label_is_still_valid_for_the_workers():
+    # The limit is the receiver's: what it accepted before the limit existed is applied.
+    from incident.alerts.schemas import WebhookPayload
+
+    body = payload(alert(instance="x" * (LIMIT * 2)))
+    assert WebhookPayload.model_validate(body).alerts[0].labels["instance"] == "x" * (LIMIT * 2)

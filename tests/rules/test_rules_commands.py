@@ -133,6 +133,28 @@ class TestCheck:
         assert code == 1
         assert err.startswith(f"{path}:7: remediations[0].with.function: no entry point ")
 
+    @pytest.mark.parametrize(
+        ("rule", "regex"), [(0, r"(a)\1"), (1, "(?=x)x"), (2, "(?<=a)b")]
+    )
+    def test_a_regex_re2_refuses_names_its_line(self, tmp_path: Path, rule: int, regex: str) -> None:
+        # RE2, like Alertmanager's Go regexp, has no backreferences or look-around.
+        values = ["prod", "staging", "dev"]
+        values[rule] = regex
+        path = tmp_path / "rules.yaml"
+        path.write_text(
+            "severity:\n  rules:\n"
+            + "".join(
+                f"    - {{severity: SEV{n + 1}, matchers: ['instance=~\"{value}\"']}}\n"
+                for n, value in enumerate(values)
+            )
+        )
+        code, out, err = run(check, path)
+        assert (code, out) == (1, "")
+        assert err.startswith(
+            f"{path}:{rule + 3}: severity.rules[{rule}].matchers[0]: invalid matcher "
+        ), err
+        assert "invalid regular expression" in err
+
     def test_missing_file(self, tmp_path: Path) -> None:
         code, out, err = run(check, tmp_path / "absent.yaml")
         assert (code, out) == (1, "")

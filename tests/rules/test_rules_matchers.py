@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from incident.rules.matchers import Matcher, MatcherError, MatchOp, parse_matchers
+from incident.rules.matchers import Matcher, MatcherError, MatchOp, parse_matcher, parse_matchers
 
 EQ, NE, RE, NRE = MatchOp.EQUAL, MatchOp.NOT_EQUAL, MatchOp.REGEX, MatchOp.NOT_REGEX
 
@@ -74,6 +76,14 @@ def test_parses_like_alertmanager(text: str, expected: list[tuple[str, MatchOp, 
         ('"foo="bar""', "expected a label name"),
         ('a="1",,b="2"', "empty matcher"),
         ("severity", "expected a label name"),
+        # Go's regexp is RE2: no backreferences, look-around, possessive or atomic groups.
+        (r'a=~"(a)\\1"', "invalid regular expression"),
+        ('a=~"(?=x)x"', "invalid regular expression"),
+        ('a=~"(?<!x)y"', "invalid regular expression"),
+        ('a=~"a++"', "invalid regular expression"),
+        ('a=~"(?>a)"', "invalid regular expression"),
+        # Python's own flags, which Go does not know.
+        ('a=~"(?x)a b"', "invalid regular expression"),
     ],
 )
 def test_refuses_what_alertmanager_refuses(text: str, problem: str) -> None:
@@ -105,6 +115,49 @@ def test_regex_alternation_is_anchored_as_a_whole() -> None:
 def test_leading_inline_flags_apply_to_the_whole_value() -> None:
     (severity,) = parse_matchers('severity=~"(?i)critical"')
     assert severity.matches({"severity": "CRITICAL"})
+
+
+def test_inline_flags_apply_to_the_rest_of_their_group_anywhere() -> None:
+    # Go accepts `(?i)` mid-pattern; Python's re refuses it there.
+    (severity,) = parse_matchers('severity=~"crit(?i)ICAL"')
+    assert severity.matches({"severity": "critical"})
+    assert severity.matches({"severity": "critICAL"})
+    assert not severity.matches({"severity": "CRITICAL"})
+
+
+def test_anchoring_is_alertmanagers_text_wrapping() -> None:
+    # Alertmanager compiles "^(?:" + value + ")$", so an unbalanced value
+    # splits the anchors between its alternatives. Same matcher, same alerts.
+    (odd,) = parse_matchers('x=~"a)|(b"')
+    assert odd.matches({"x": "a-anything"})
+    assert odd.matches({"x": "anything-b"})
+    assert not odd.matches({"x": "c"})
+
+
+def test_perl_classes_are_ascii_as_in_go() -> None:
+    assert not Matcher("code", RE, r"\d+").matches({"code": "٣٠٣"})
+    assert Matcher("code", RE, r"\d+").matches({"code": "303"})
+    assert not Matcher("word", RE, r"\w+").matches({"word": "café"})
+    assert Matcher("word", RE, r"\pL+").matches({"word": "café"})
+
+
+def test_matching_takes_linear_time_in_the_value() -> None:
+    # A backtracking engine takes seconds here (quadratic in the value); RE2 does not.
+    matcher = Matcher("instance", RE, ".*-.*-prod")
+    value = "-" * 40_000
+    started = time.perf_counter()
+    assert not matcher.matches({"instance": value})
+    assert time.perf_counter() - started < 0.5
+
+
+def test_parsing_takes_linear_time_in_the_text() -> None:
+    # Matchers also come from the API (maintenance windows): a long run of
+    # blanks must not make the parser backtrack.
+    started = time.perf_counter()
+    with pytest.raises(MatcherError, match="never closed"):
+        parse_matcher('a="' + " " * 40_000 + "x")
+    assert parse_matcher("a=x" + " " * 40_000) == Matcher("a", EQ, "x")
+    assert time.perf_counter() - started < 0.5
 
 
 def test_missing_label_matches_as_empty_string() -> None:

@@ -151,3 +151,37 @@ def test_the_probes_and_the_schema_answer_without_a_token_and_are_read_only(api_
             assert endpoint.method in ("GET", "HEAD"), f"{endpoint} is open and not read-only"
             response = send(client, endpoint, {})
             assert response.status_code in (200, 503), f"{endpoint}: {response.status_code}"
+
+
+def _client_with(**tokens: str) -> TestClient:
+    from pydantic import SecretStr
+
+    from incident.api.app import create_app
+    from incident.config import get_settings
+
+    settings = get_settings().model_copy(
+        update={name: SecretStr(value) for name, value in tokens.items()}
+    )
+    return TestClient(create_app(settings))
+
+
+def test_a_configured_token_with_surrounding_blanks_matches_the_token(clean_state):
+    # As a token pasted into an env file or a secret with its newline arrives.
+    with _client_with(webhook_token=f" {WEBHOOK_TOKEN}\n", api_token=f"\t{API_TOKEN}  ") as client:
+        for token in (API_TOKEN, f"{API_TOKEN} "):
+            response = client.get("/api/incidents", headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 200, response.text
+        response = client.post(
+            "/webhooks/alertmanager", content=b"{}",
+            headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}", "Content-Type": "application/json"},
+        )
+        assert response.status_code == 422  # past authentication
+        wrong = client.get("/api/incidents", headers={"Authorization": f"Bearer {API_TOKEN}x"})
+        assert wrong.status_code == 401
+
+
+def test_a_blank_configured_token_lets_nobody_in(clean_state):
+    with _client_with(api_token="  \n") as client:
+        for header in ("Bearer ", "Bearer   ", f"Bearer {API_TOKEN}"):
+            response = client.get("/api/incidents", headers={"Authorization": header})
+            assert response.status_code == 401, header
