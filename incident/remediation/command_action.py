@@ -7,6 +7,7 @@ which holds the database URL and the Slack and PagerDuty secrets.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -38,6 +39,10 @@ PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 # Between SIGTERM and SIGKILL, for the group to clean up.
 KILL_GRACE = 2.0
 END_OF_OPTIONS = "--"
+# Linux's MAX_ARG_STRLEN: the longest single argument or NAME=value, NUL included.
+MAX_ARG_BYTES = 131072
+# Spawn errors that pass once the machine has breath again; the rest come back.
+_PASSING_SPAWN_ERRORS = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 
 
 @dataclass(frozen=True)
@@ -71,10 +76,22 @@ def prepare_command(
     for index, value in enumerate(argv):
         if "\0" in value:
             raise RenderError(f"argv[{index}] would contain a NUL byte")
+        _refuse_oversized(f"argv[{index}]", len(value.encode()) + 1)
     for name, value in env.items():
         if "\0" in value:
             raise RenderError(f"environment variable {name} would contain a NUL byte")
+        # Sizes only: a variable from `env:` may hold a secret.
+        _refuse_oversized(f"environment variable {name}", len(f"{name}={value}".encode()) + 1)
     return PreparedCommand(tuple(argv), env, rule_env, settings.cwd)
+
+
+def _refuse_oversized(what: str, size: int) -> None:
+    # The kernel would refuse it with E2BIG; saying which one is kinder.
+    if size > MAX_ARG_BYTES:
+        raise RenderError(
+            f"{what} would be {size} bytes, more than the {MAX_ARG_BYTES} the system "
+            "allows one argument or environment variable"
+        )
 
 
 def _refuse_option_injection(
@@ -136,7 +153,12 @@ def run_command(
     except PermissionError as error:
         return ActionOutcome.refused(f"{program}: cannot run it: {error.strerror}")
     except OSError as error:
-        return ActionOutcome.failure(f"{program}: could not start: {error}")
+        # It never ran, so this says nothing of what it would have fixed; it is
+        # often the incident's own doing (E2BIG: its labels are too big).
+        return ActionOutcome.refused(
+            f"{program}: could not start: {error.strerror or error}",
+            retryable=error.errno in _PASSING_SPAWN_ERRORS,
+        )
 
     assert isinstance(process.stdout, io.BufferedReader)
     captured = CapturedOutput()

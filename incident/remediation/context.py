@@ -97,8 +97,10 @@ class ActionOutcome:
     error: str | None = None
     # False: trying again cannot help (a bad rendering, a 4xx, a missing program).
     retryable: bool = True
-    # False: it failed before contacting the target, so the target's circuit
-    # breaker must not count it.
+    # False: the failure was the request's, not the target's (refused before
+    # sending, a program that could not start, a 4xx answer), so it says nothing
+    # of the target's health and its circuit breaker must not count it. Label
+    # values shape requests: junk alerts must not open a breaker real ones need.
     reached_target: bool = True
 
     @classmethod
@@ -111,13 +113,13 @@ class ActionOutcome:
         return cls(succeeded=False, output=output, error=one_line(error), retryable=retryable)
 
     @classmethod
-    def refused(cls, error: str, *, output: str = "") -> ActionOutcome:
-        """Refused before contacting the target, and refused again if retried."""
+    def refused(cls, error: str, *, output: str = "", retryable: bool = False) -> ActionOutcome:
+        """A failure of this request, not of the target; by default refused again if retried."""
         return cls(
             succeeded=False,
             output=output,
             error=one_line(error),
-            retryable=False,
+            retryable=retryable,
             reached_target=False,
         )
 

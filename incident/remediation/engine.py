@@ -14,10 +14,12 @@ Nothing here imports Celery: attempts are outbox messages, sent after commit.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import redis
 import structlog
 from sqlalchemy import and_, or_, select
 from sqlalchemy.dialects.postgresql import insert
@@ -51,6 +53,8 @@ OVERDUE = timedelta(minutes=15)
 # Retries due later than this wait as rows for the sweeper, not as broker ETAs.
 BROKER_DELAY_LIMIT = 60.0
 _RECORD_LIMIT = 4096
+# Beat's sweep runs every few seconds; expired breakers need dropping far less often.
+PRUNE_EVERY = 300.0
 
 
 RUN_TASK = "incident.remediation.run"
@@ -187,6 +191,7 @@ class RemediationEngine:
         self.events = events
         self.public_url = public_url
         self.clock = clock
+        self._next_prune = 0.0
 
     def rule(self, name: str) -> RemediationRule | None:
         return next((each for each in self.rules.remediations if each.name == name), None)
@@ -208,9 +213,15 @@ class RemediationEngine:
         token = str(run_id)
         timeout = actions.attempt_timeout(rule)
         reset_after = rule.circuit_breaker.reset_after.total_seconds()
-        permit = self.breakers.acquire(
-            key, token=token, trial_lease=timeout + LEASE_MARGIN, reset_after=reset_after
-        )
+        try:
+            permit = self.breakers.acquire(
+                key, token=token, trial_lease=timeout + LEASE_MARGIN, reset_after=reset_after
+            )
+        except redis.RedisError:
+            # Nothing ran: hand the attempt back, so the task's retry (or, after
+            # its last, the sweeper) runs it rather than a lease running out.
+            self._unclaim(run_id, attempt)
+            raise
         if not permit.allowed:
             return self._skip(run_id, attempt, rule, permit)
         outcome = actions.perform(rule, context, timeout=timeout)
@@ -218,13 +229,45 @@ class RemediationEngine:
         final = (
             outcome.succeeded or not outcome.retryable or trial or attempt >= rule.retry.attempts
         )
-        if final and outcome.reached_target:
-            self.breakers.record(
-                key, succeeded=outcome.succeeded, token=token,
-                threshold=rule.circuit_breaker.failure_threshold, reset_after=reset_after,
-                remediation=rule.name, target=target,
-            )
-        return self._finish_attempt(run_id, attempt, rule, outcome, retry=not final)
+        # The outcome first: it happened, whatever Redis says next.
+        try:
+            return self._finish_attempt(run_id, attempt, rule, outcome, retry=not final)
+        finally:
+            self._tell_breaker(key, target, token, rule, outcome, trial=trial, final=final)
+
+    def _tell_breaker(
+        self, key: str, target: str, token: str, rule: RemediationRule,
+        outcome: actions.ActionOutcome, *, trial: bool, final: bool,
+    ) -> None:
+        """Best effort: a breaker that misses one outcome is late by one run, not wrong."""
+        try:
+            if final and outcome.reached_target:
+                self.breakers.record(
+                    key, succeeded=outcome.succeeded, token=token,
+                    threshold=rule.circuit_breaker.failure_threshold,
+                    reset_after=rule.circuit_breaker.reset_after.total_seconds(),
+                    remediation=rule.name, target=target,
+                )
+            elif trial:
+                self.breakers.release_trial(key, token=token)
+        except redis.RedisError as exc:
+            log.warning("circuit breaker not updated: Redis unavailable", remediation=rule.name,
+                        breaker_key=target, succeeded=outcome.succeeded,
+                        error=f"{type(exc).__name__}: {exc}")
+
+    def _unclaim(self, run_id: int, attempt: int) -> None:
+        with session_scope() as session:
+            run = self._owned(session, run_id, attempt)
+            if run is None:
+                return
+            run.status = RunStatus.PENDING
+            run.attempts = attempt - 1
+            run.lease_until = None
+            run.next_attempt_at = self.clock()
+            if attempt == 1:
+                run.started_at = None
+        log.warning("remediation attempt put back: circuit breaker unavailable",
+                    run_id=run_id, attempt=attempt)
 
     def _claim(self, run_id: int, attempt: int):
         now = self.clock()
@@ -368,6 +411,7 @@ class RemediationEngine:
 
     def sweep(self, *, limit: int = 200) -> Step:
         """Due long waits and overdue attempts are sent; running attempts past their lease failed."""
+        self._prune_breakers()
         now = self.clock()
         step = Step()
         with session_scope() as session:
@@ -410,6 +454,19 @@ class RemediationEngine:
                 done = self.record_outcome(session, run, rule, outcome)
                 step.next_attempts += done.next_attempts
         return step
+
+    def _prune_breakers(self) -> None:
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY
+        try:
+            dropped = self.breakers.prune()
+        except redis.RedisError as exc:
+            log.warning("expired circuit breakers not pruned: Redis unavailable",
+                        error=f"{type(exc).__name__}: {exc}")
+            return
+        if dropped:
+            log.info("expired circuit breakers forgotten", count=dropped)
 
 
 def _trim(text: str | None) -> str | None:

@@ -23,10 +23,12 @@ from incident.remediation.context import (
 from incident.remediation.time_limit import AttemptTimedOut, time_limit
 from incident.rules.remediations import HttpActionSettings
 from incident.rules.templates import (
+    Placeholder,
     RenderError,
     TemplateValues,
-    escape_url_value,
+    parse_template,
     render,
+    render_url,
     render_value,
 )
 
@@ -37,6 +39,8 @@ _MAX_BODY_READ = 1024 * 1024
 # Control characters other than tab: CR and LF would start a new header or a
 # second request, and the rest are refused by the client anyway.
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# HTTP forbids a header value to begin or end with one of these (RFC 9110 5.5).
+_EDGE_BLANKS = " \t"
 
 # Sent when the rule writes no body: the incident, one string per placeholder
 # so that {incident.id} stays a number.
@@ -70,14 +74,20 @@ class PreparedRequest:
 
 def prepare_request(settings: HttpActionSettings, values: TemplateValues) -> PreparedRequest:
     """The request, rendered and checked; RenderError when it must not be sent."""
-    url_text = render(settings.url, values, escape=escape_url_value)
+    url_text = render_url(settings.url, values)
     url = _checked_url(url_text, settings.url)
     headers = {"User-Agent": f"incident/{__version__} remediation"}
     for name, template in settings.headers.items():
+        # The value may hold a secret ({env.…}): errors name the header, never quote it.
         value = render(template, values, allow_env=True)
         if _CONTROL_CHARACTERS.search(value):
             raise RenderError(
                 f"header {name!r} would contain a line break or another control character"
+            )
+        if value != value.strip(_EDGE_BLANKS):
+            raise RenderError(
+                f"header {name!r} would begin or end with a space or tab, "
+                "which HTTP does not allow in a header value"
             )
         headers[name] = value
     if settings.has_body:
@@ -105,7 +115,27 @@ def _checked_url(rendered: str, template: str) -> httpx.URL:
         raise RenderError(
             f"the rendered url {shown_value(str(url))} does not go to {_describe_origin(expected)}"
         )
+    prefix = _fixed_path(template)
+    if not url.raw_path.split(b"?")[0].startswith(prefix):
+        raise RenderError(
+            f"the rendered url {shown_value(str(url))} leaves the path "
+            f"{prefix.decode(errors='replace')!r} that the rule fixes"
+        )
     return url
+
+
+def _fixed_path(template: str) -> bytes:
+    """The path the template's literal start fixes, as the client will send it."""
+    literal = ""
+    for piece in parse_template(template):
+        if isinstance(piece, Placeholder):
+            break
+        literal += piece
+    literal = literal.split("?")[0].split("#")[0]
+    try:
+        return httpx.URL(literal).raw_path.split(b"?")[0]
+    except httpx.InvalidURL:
+        return b"/"
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, str, int | None]:
@@ -139,8 +169,16 @@ def run_http(
             status, location, output = _send(request, timeout)
     except (AttemptTimedOut, httpx.TimeoutException):
         return ActionOutcome.failure(f"{target} timed out after {timeout:g}s")
-    except httpx.HTTPError as error:
+    except httpx.NetworkError as error:
+        # The operating system's words: a refused connection, a reset, a name not found.
         return ActionOutcome.failure(f"{target} failed: {type(error).__name__}: {error}")
+    except httpx.LocalProtocolError as error:
+        # The request could not be written as HTTP; the client's message quotes
+        # the offending bytes, which may be a header holding a secret.
+        return ActionOutcome.refused(f"{target} could not be sent: {type(error).__name__}")
+    except httpx.HTTPError as error:
+        # Protocol errors and the rest may quote what was sent or received: the name only.
+        return ActionOutcome.failure(f"{target} failed: {type(error).__name__}")
     if 200 <= status < 300:
         return ActionOutcome.success(output)
     if 300 <= status < 400:
@@ -151,10 +189,13 @@ def run_http(
             output=output,
             retryable=False,
         )
-    retryable = status >= 500 or status in (408, 429)
-    return ActionOutcome.failure(
-        f"{target} answered HTTP {status}", output=output, retryable=retryable
-    )
+    error = f"{target} answered HTTP {status}"
+    if status >= 500 or status in (408, 429):
+        return ActionOutcome.failure(error, output=output)
+    # The target is up and says this request is wrong (a label value it has no
+    # route for, a path too long): retrying will not help, and its breaker
+    # must not count it, or junk alerts could open it for real incidents.
+    return ActionOutcome.refused(error, output=output)
 
 
 def _send(request: PreparedRequest, timeout: float) -> tuple[int, str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -220,12 +221,62 @@ def render_value(text: str, values: TemplateValues) -> str | int:
 
 def escape_url_value(value: str) -> str:
     """A value made inert in a URL path or query: it cannot add a segment, a query or a host."""
-    escaped = quote(value, safe="")
-    # "." and ".." survive quote() but are dot segments the HTTP client resolves
-    # away, moving the request up the path; their escaped spelling is kept as is.
-    if escaped.strip(".") == "":
-        escaped = escaped.replace(".", "%2E")
-    return escaped
+    return quote(value, safe="")
+
+
+class UnsafePathValue(RenderError):
+    """A value that would change which path a request goes to, even escaped."""
+
+
+def render_url(text: str, values: TemplateValues) -> str:
+    """``text`` with every value escaped; a value in the path must be an ordinary segment.
+
+    Escaping is not enough there: proxies and frameworks decode ``%2E%2E``,
+    ``%2F`` and ``%5C`` before routing, so ``..`` or ``a/../b`` would still
+    move the request up the path. Such values are refused, never encoded.
+    """
+    rendered: list[str] = []
+    in_path = True
+    for piece in parse_template(text):
+        if isinstance(piece, str):
+            rendered.append(piece)
+            if "?" in piece or "#" in piece:
+                in_path = False
+            continue
+        value = values.lookup(piece)
+        if isinstance(value, Shown):
+            rendered.append(value)
+            continue
+        if in_path:
+            check_path_value(piece, str(value))
+        rendered.append(escape_url_value(str(value)))
+    return "".join(rendered)
+
+
+def check_path_value(placeholder: Placeholder, value: str) -> None:
+    """UnsafePathValue when ``value`` is a dot segment or holds a path separator.
+
+    Checked in NFKC form too: some servers fold fullwidth dots and slashes
+    into ASCII before routing.
+    """
+    for form in (value, unicodedata.normalize("NFKC", value)):
+        if form in (".", ".."):
+            reason = "a dot segment, moving the request up the path"
+        elif "/" in form or "\\" in form:
+            reason = "a path separator, adding path segments"
+        else:
+            continue
+        raise UnsafePathValue(
+            f"{placeholder.text} is {_short(value)}, which in the url path would be {reason}; "
+            "a value there may not be '.' or '..' nor contain '/' or '\\'"
+        )
+
+
+def _short(value: str, limit: int = 60) -> str:
+    # Label values may be 100 KB: enough of one to recognise it.
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
 
 
 __all__ = [
@@ -241,11 +292,14 @@ __all__ = [
     "Shown",
     "TemplateError",
     "TemplateValues",
+    "UnsafePathValue",
+    "check_path_value",
     "check_template",
     "escape_url_value",
     "has_placeholders",
     "parse_template",
     "render",
+    "render_url",
     "render_value",
     "sole_placeholder",
 ]

@@ -75,6 +75,12 @@ class RecordingTarget:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def reset(self) -> None:
+        """Forget every arrival and every answer not yet given (between generated examples)."""
+        with self._lock:
+            self._arrivals.clear()
+            self._answers.clear()
+
     def answer_next(self, *answers: Answer) -> None:
         with self._lock:
             self._answers.extend(answers)

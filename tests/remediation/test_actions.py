@@ -117,17 +117,17 @@ class TestDescribe:
             headers={"Authorization": "Bearer {env.DEPLOY_TOKEN}", "X-Service": "{labels.service}"},
             body={"service": "{labels.service}", "id": "{incident.id}", "why": "{incident.title}"},
         )
-        described = describe(rule, {"service": "api/v2"}, incident={"title": "Down api"})
+        described = describe(rule, {"service": "api v2?"}, incident={"title": "Down api"})
         assert described == {
             "method": "POST",
-            "url": "http://deployer.internal:8000/services/api%2Fv2/restart?i={incident.id}",
+            "url": "http://deployer.internal:8000/services/api%20v2%3F/restart?i={incident.id}",
             "headers": {
                 "User-Agent": described["headers"]["User-Agent"],
                 "Authorization": "Bearer <from $DEPLOY_TOKEN>",
-                "X-Service": "api/v2",
+                "X-Service": "api v2?",
                 "Content-Type": "application/json",
             },
-            "body": {"service": "api/v2", "id": "{incident.id}", "why": "Down api"},
+            "body": {"service": "api v2?", "id": "{incident.id}", "why": "Down api"},
         }
         assert "s3cret-value" not in json.dumps(described)
 

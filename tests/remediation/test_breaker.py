@@ -148,3 +148,23 @@ def test_states_describe_each_breaker_for_the_api(breakers, key):
     time.sleep(RESET + 0.05)
     (state,) = [s for s in breakers.states() if s["key"] == key.rsplit(":", 1)[-1]]
     assert state["state"] == "half_open"
+
+
+def test_the_trial_asking_again_keeps_its_trial(breakers, key):
+    # Its first answer was lost with the connection, and the task asks again.
+    trip(breakers, key)
+    time.sleep(RESET + 0.05)
+    assert acquire(breakers, key, "run-7").verdict is Verdict.TRIAL
+    assert acquire(breakers, key, "run-7").verdict is Verdict.TRIAL
+    assert acquire(breakers, key, "run-8").verdict is Verdict.OPEN
+
+
+def test_a_trial_released_without_a_verdict_goes_to_the_next_caller_at_once(breakers, key):
+    trip(breakers, key)
+    time.sleep(RESET + 0.05)
+    assert acquire(breakers, key, "junk").verdict is Verdict.TRIAL
+    assert acquire(breakers, key, "real").verdict is Verdict.OPEN
+    assert breakers.release_trial(key, token="junk") is True
+    assert breakers.release_trial(key, token="junk") is False
+    assert acquire(breakers, key, "real").verdict is Verdict.TRIAL
+    assert record(breakers, key, True, "real") == "closed"

@@ -150,6 +150,30 @@ class TestFailures:
         assert (outcome.retryable, outcome.reached_target) == (False, False)
         assert "cannot run it: Permission denied" in (outcome.error or "")
 
+    def test_labels_too_big_for_one_variable_are_refused_naming_it(self, tmp_path: Path) -> None:
+        # Each label is within the receiver's limit; INCIDENT_LABELS holds them all.
+        labels = {f"junk{n}": "x" * 15_000 for n in range(10)}
+        marker = tmp_path / "ran"
+        outcome = run(["touch", str(marker)], labels)
+        assert (outcome.succeeded, outcome.retryable, outcome.reached_target) == (
+            False, False, False
+        )
+        assert (outcome.error or "").startswith("environment variable INCIDENT_LABELS would be ")
+        assert not marker.exists()
+
+    def test_a_command_the_system_cannot_start_is_not_the_targets_failure(
+        self, tmp_path: Path
+    ) -> None:
+        # No one variable is too big, but together they pass ARG_MAX: E2BIG from exec.
+        env = {f"V{n}": "{labels.big}" for n in range(30)}
+        marker = tmp_path / "ran"
+        outcome = run(["touch", str(marker)], {"big": "x" * 100_000}, env=env)
+        assert (outcome.succeeded, outcome.retryable, outcome.reached_target) == (
+            False, False, False
+        )
+        assert outcome.error == "touch: could not start: Argument list too long"
+        assert not marker.exists()
+
     def test_a_missing_label_runs_nothing(self, tmp_path: Path) -> None:
         marker = tmp_path / "ran"
         outcome = run(["touch", str(marker), "{labels.instance}"])

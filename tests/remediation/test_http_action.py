@@ -7,11 +7,12 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from incident.remediation.actions import ActionOutcome, perform
-from incident.remediation.http_action import prepare_request
+from incident.remediation.http_action import _checked_url, prepare_request
 from incident.rules.remediations import HttpActionSettings
 from incident.rules.templates import RenderError, TemplateValues
 from tests.remediation.http_target import Answer, RecordingTarget
@@ -140,19 +141,24 @@ class TestAnswers:
             (401, False),
             (404, False),
             (409, False),
+            (413, False),
+            (414, False),
             (422, False),
         ],
     )
-    def test_which_failures_are_worth_retrying(
+    def test_which_failures_are_worth_retrying_and_which_the_breaker_counts(
         self, target: RecordingTarget, status: int, retryable: bool
     ) -> None:
+        # A 4xx says the request was wrong (often by its label values), not
+        # that the target is failing: only what may pass counts for the breaker.
         target.answer_next(Answer(status, "no"))
         outcome = run(f"{target.base}/x")
         assert (outcome.succeeded, outcome.retryable, outcome.reached_target) == (
             False,
             retryable,
-            True,
+            retryable,
         )
+        assert outcome.error == f"POST {target.base}/x answered HTTP {status}"
 
     @pytest.mark.parametrize("status", [200, 201, 202, 204])
     def test_any_2xx_succeeds(self, target: RecordingTarget, status: int) -> None:
@@ -223,3 +229,45 @@ class TestDefenceInDepth:
             RenderError, match=r"the rendered url .* does not go to http://127\.0\.0\.1\{labels"
         ):
             prepare_request(settings, values)
+
+
+class TestPathValues:
+    # Escaped, each would still move the request: proxies and frameworks decode
+    # %2E%2E, %2F and %5C, and some fold fullwidth forms into ASCII, before routing.
+    @pytest.mark.parametrize(
+        "value",
+        [".", "..", "a/b", "../admin", "a\\b", "..\\admin", "/", "\\", "\uff0e\uff0e", "a\uff0fb"],
+    )
+    def test_a_value_that_would_leave_its_segment_is_refused_naming_the_label(
+        self, target: RecordingTarget, value: str
+    ) -> None:
+        outcome = run(f"{target.base}/services/{{labels.service}}/restart", {"service": value})
+        assert (outcome.succeeded, outcome.retryable, outcome.reached_target) == (
+            False,
+            False,
+            False,
+        )
+        assert (outcome.error or "").startswith(
+            f"{{labels.service}} is {value!r}, which in the url path would be "
+        ), outcome.error
+        assert target.arrivals == []
+
+    @pytest.mark.parametrize("value", ["..", "a/b", "a\\b"])
+    def test_the_same_values_are_plain_data_in_the_query(
+        self, target: RecordingTarget, value: str
+    ) -> None:
+        assert run(f"{target.base}/restart?service={{labels.service}}", {"service": value}).succeeded
+        arrival = target.only_arrival()
+        assert (arrival.path, arrival.query) == ("/restart", f"service={quote(value, safe='')}")
+
+    @pytest.mark.parametrize("value", ["...", "a..b", ".hidden", "v1.2"])
+    def test_dots_that_are_not_a_dot_segment_pass_unescaped(
+        self, target: RecordingTarget, value: str
+    ) -> None:
+        assert run(f"{target.base}/services/{{labels.service}}", {"service": value}).succeeded
+        assert target.only_arrival().path == f"/services/{value}"
+
+    def test_a_rendered_url_that_leaves_the_rules_path_is_refused(self) -> None:
+        # Values cannot do it; checked after rendering all the same.
+        with pytest.raises(RenderError, match=r"leaves the path '/services/'"):
+            _checked_url("http://127.0.0.1/admin/x", "http://127.0.0.1/services/{labels.x}")

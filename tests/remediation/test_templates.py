@@ -10,9 +10,11 @@ from incident.rules.templates import (
     Placeholder,
     TemplateError,
     TemplateValues,
+    UnsafePathValue,
     escape_url_value,
     parse_template,
     render,
+    render_url,
     render_value,
     sole_placeholder,
 )
@@ -150,12 +152,35 @@ class TestUrlEscaping:
             ("100%", "100%25"),
             ("a b+c", "a%20b%2Bc"),
             ("ünï", "%C3%BCn%C3%AF"),
-            # Dot segments would be resolved away by the client.
-            (".", "%2E"),
-            ("..", "%2E%2E"),
-            ("...", "%2E%2E%2E"),
+            ("...", "..."),
             ("a..b", "a..b"),
         ],
     )
     def test_values_cannot_leave_their_segment(self, value: str, escaped: str) -> None:
         assert escape_url_value(value) == escaped
+
+
+class TestUrlPaths:
+    @pytest.mark.parametrize(
+        "value", [".", "..", "a/b", "a\\b", "/", "\uff0e", "\uff0e\uff0e", "\uff0f", "\uff3c"]
+    )
+    def test_a_value_that_is_a_dot_segment_or_holds_a_separator_is_refused_in_the_path(
+        self, value: str
+    ) -> None:
+        values = TemplateValues(labels={"service": value})
+        with pytest.raises(UnsafePathValue, match=r"^\{labels\.service\} is "):
+            render_url("http://h/services/{labels.service}/restart", values)
+
+    def test_in_the_query_or_fragment_the_same_values_are_escaped(self) -> None:
+        values = TemplateValues(labels={"a": "..", "b": "x/y"})
+        assert render_url("http://h/p?a={labels.a}#{labels.b}", values) == "http://h/p?a=..#x%2Fy"
+
+    def test_an_ordinary_value_is_escaped_in_the_path(self) -> None:
+        values = TemplateValues(labels={"service": "a b?#"})
+        assert render_url("http://h/{labels.service}/x", values) == "http://h/a%20b%3F%23/x"
+
+    def test_a_long_refused_value_is_shown_short(self) -> None:
+        values = TemplateValues(labels={"service": "a/" * 50_000})
+        with pytest.raises(UnsafePathValue) as refused:
+            render_url("http://h/{labels.service}", values)
+        assert len(str(refused.value)) < 400 and "(100000 characters)" in str(refused.value)
