@@ -1,4 +1,5 @@
-"""GET /api/incidents, GET /api/incidents/{id}, and acknowledge/resolve by hand."""
+"""GET /api/incidents, GET /api/incidents/{id} (its alerts and timeline paged), and
+acknowledge/resolve by hand."""
 
 from __future__ import annotations
 
@@ -19,13 +20,22 @@ from incident.incidents import store
 from incident.incidents.lifecycle import API
 from incident.incidents.models import TimelineKind
 from incident.models import Incident
-from incident.incidents.schemas import IncidentOut, IncidentPage, TransitionRequest
+from incident.incidents.schemas import (
+    AlertPage,
+    IncidentOut,
+    IncidentPage,
+    TimelinePage,
+    TransitionRequest,
+)
 
 router = APIRouter(
     prefix="/api", dependencies=[Depends(require_api_token)], responses=error_responses(401, 422)
 )
 
 IncidentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+Cursor = Annotated[str | None, Query(max_length=200)]
+# How many alerts or timeline entries one answer holds, with an incident or in a page.
+RowLimit = Annotated[int, Query(ge=1, le=store.SHOWN_MAX)]
 # Everything the incident JSON shows, loaded with it.
 _SHOWN = (selectinload(Incident.notifications), selectinload(Incident.remediations))
 # The body is read by hand (it may be empty), so the document is told its shape.
@@ -52,19 +62,58 @@ def list_incidents(
     status: Literal["triggered", "acknowledged", "resolved"] | None = None,
     severity: Literal["SEV1", "SEV2", "SEV3", "SEV4"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Cursor = None,
+    alerts_limit: RowLimit = store.SHOWN_DEFAULT,
+    timeline_limit: RowLimit = store.SHOWN_DEFAULT,
 ) -> IncidentPage:
     rows, next_cursor = store.list_incidents(
         session, status=status, severity=severity, limit=limit, cursor=cursor, options=_SHOWN
     )
-    return IncidentPage(
-        items=[IncidentOut.model_validate(row) for row in rows], next_cursor=next_cursor
-    )
+    shown = store.shown(session, rows, alerts_limit=alerts_limit, timeline_limit=timeline_limit)
+    return IncidentPage(items=[IncidentOut.of(one) for one in shown], next_cursor=next_cursor)
 
 
 @router.get("/incidents/{incident_id}", response_model=IncidentOut, responses=error_responses(404))
-def get_incident(incident_id: IncidentId, session: DbSession) -> IncidentOut:
-    return IncidentOut.model_validate(store.get_incident(session, incident_id, options=_SHOWN))
+def get_incident(
+    incident_id: IncidentId,
+    session: DbSession,
+    alerts_limit: RowLimit = store.SHOWN_DEFAULT,
+    timeline_limit: RowLimit = store.SHOWN_DEFAULT,
+) -> IncidentOut:
+    return _shown(session, incident_id, alerts_limit=alerts_limit, timeline_limit=timeline_limit)
+
+
+@router.get(
+    "/incidents/{incident_id}/alerts", response_model=AlertPage, responses=error_responses(404)
+)
+def incident_alerts(
+    incident_id: IncidentId, session: DbSession, limit: RowLimit = store.SHOWN_DEFAULT,
+    cursor: Cursor = None,
+) -> AlertPage:
+    """The incident's alerts, oldest first; pass ``next_cursor`` back as ``?cursor=``."""
+    rows, next_cursor = store.alert_page(session, incident_id, limit=limit, cursor=cursor)
+    return AlertPage.model_validate({"items": rows, "next_cursor": next_cursor}, from_attributes=True)
+
+
+@router.get(
+    "/incidents/{incident_id}/timeline", response_model=TimelinePage,
+    responses=error_responses(404),
+)
+def incident_timeline(
+    incident_id: IncidentId, session: DbSession, limit: RowLimit = store.SHOWN_DEFAULT,
+    cursor: Cursor = None,
+) -> TimelinePage:
+    """The incident's timeline, oldest first; pass ``next_cursor`` back as ``?cursor=``."""
+    rows, next_cursor = store.timeline_page(session, incident_id, limit=limit, cursor=cursor)
+    return TimelinePage.model_validate(
+        {"items": rows, "next_cursor": next_cursor}, from_attributes=True
+    )
+
+
+def _shown(session: Session, incident_id: int, **limits: int) -> IncidentOut:
+    incident = store.get_incident(session, incident_id, options=_SHOWN)
+    [shown] = store.shown(session, [incident], **limits)
+    return IncidentOut.of(shown)
 
 
 async def _transition_request(request: Request) -> TransitionRequest | JSONResponse:
@@ -85,7 +134,7 @@ def _transition(request: Request, incident_id: int, to: TimelineKind, note: str 
         store.transition_by_hand(session, incident_id, to, API, note=note, events=context.events)
     # Read after the commit, which also sent what the transition asked for.
     with session_scope(context.engine) as session:
-        return IncidentOut.model_validate(store.get_incident(session, incident_id, options=_SHOWN))
+        return _shown(session, incident_id)
 
 
 async def _by_hand(request: Request, incident_id: int, to: TimelineKind) -> IncidentOut | JSONResponse:

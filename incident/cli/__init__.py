@@ -98,6 +98,10 @@ def _dead_letters(args: argparse.Namespace) -> int:
         return 0
     replayed = 0
     while (record := deadletters.take_oldest(client)) is not None:
+        if record.get("payload") is None:
+            # Too large to keep: only its summary was parked, nothing to replay.
+            print(f"not replayable (payload too large to keep): {record.get('summary')}")
+            continue
         try:
             app.send_task(INGEST_TASK, kwargs={"payload": record["payload"]},
                           kwargsrepr="{'replay': True}")

@@ -27,6 +27,10 @@ from incident.rules import Rules, Severity
 
 FIRING = "firing"
 RESOLVED = "resolved"
+# A group can grow to thousands of alerts (a whole fleet down), and every ingest,
+# delivery and API read of its incident loads them. Past this many, new
+# fingerprints are counted (Incident.alerts_dropped) instead of stored.
+MAX_ALERTS_PER_INCIDENT = 1_000
 
 
 class WebhookIdentity(NamedTuple):
@@ -162,6 +166,9 @@ class _IncidentUpdater:
         # Announced by settle_state, and only if the incident stays open: when the
         # last alert resolves, "resolved" says it all.
         self.resolved_alerts: list[str] = []
+        # Firing alerts past the cap: not stored, yet they still keep the
+        # incident open and count towards its severity.
+        self.unstored_firing: list[Severity] = []
 
     def open_or_reopen(self, group: AlertGroup, last: Incident | None) -> Incident | None:
         stored = {a.fingerprint: a for a in last.alerts} if last else {}
@@ -190,7 +197,7 @@ class _IncidentUpdater:
         )
         self._refresh_header(incident)
         self.merge_alerts(incident, announce=False)
-        firing = sum(1 for a in incident.alerts if a.status == FIRING)
+        firing = sum(1 for a in incident.alerts if a.status == FIRING) + len(self.unstored_firing)
         self.life.open(incident, ALERTMANAGER, alerts=firing)
         return incident
 
@@ -207,8 +214,15 @@ class _IncidentUpdater:
 
     def merge_alerts(self, incident: Incident, *, announce: bool = True) -> None:
         stored = {a.fingerprint: a for a in incident.alerts}
+        self.unstored_firing = []
+        unstored = 0
         for incoming in self.payload.alerts:
             alert = stored.get(incoming.fingerprint)
+            if alert is None and len(stored) >= MAX_ALERTS_PER_INCIDENT:
+                unstored += 1
+                if incoming.firing:
+                    self.unstored_firing.append(self.rules.classify(incoming.labels))
+                continue
             if alert is None:
                 alert = Alert(fingerprint=incoming.fingerprint, starts_at=incoming.starts_at)
                 incident.alerts.append(alert)
@@ -232,6 +246,9 @@ class _IncidentUpdater:
                                       severity=alert.severity)
             elif not incoming.firing and was_firing:
                 self.resolved_alerts.append(incoming.fingerprint)
+        # Alertmanager sends the whole group every time, so one webhook's overflow
+        # is the group's: the largest seen, not a sum that every re-send would inflate.
+        incident.alerts_dropped = max(incident.alerts_dropped or 0, unstored)
         incident.updated_at = self.now
         if announce and incident.status != IncidentStatus.RESOLVED:
             self._refresh_header(incident)
@@ -239,6 +256,7 @@ class _IncidentUpdater:
     def settle_state(self, incident: Incident) -> None:
         """Raise severity, resolve, and track flapping from the merged alerts."""
         firing = [Severity(a.severity) for a in incident.alerts if a.status == FIRING]
+        firing += self.unstored_firing
         if incident.status != IncidentStatus.RESOLVED:
             worst = Severity.worst(firing)
             if worst is not None:

@@ -104,6 +104,8 @@ class Incident(Base):
     receiver: Mapped[str] = mapped_column(Text)
     external_url: Mapped[str] = mapped_column(Text, default="")
     flapping: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # New fingerprints beyond grouping's cap on stored alerts (see grouping.py).
+    alerts_dropped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = _timestamp()
     updated_at: Mapped[datetime] = _timestamp()
     acknowledged_at: Mapped[datetime | None] = _timestamp()

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from incident.alerts.schemas import Text
+from incident.incidents.store import Shown
 
 
 class _Out(BaseModel):
@@ -68,14 +69,54 @@ class IncidentOut(_Out):
     acknowledged_at: datetime | None
     resolved_at: datetime | None
     labels: dict[str, str]
+    # The first alerts and timeline entries (all of them for most incidents);
+    # a ``*_next_cursor`` says there are more, read through the paged routes.
     alerts: list[AlertOut]
+    alerts_total: int
+    alerts_next_cursor: str | None
+    # New fingerprints past the per-incident cap: counted, not stored.
+    alerts_dropped: int
     timeline: list[TimelineEntryOut]
+    timeline_total: int
+    timeline_next_cursor: str | None
     remediations: list[RemediationOut] = Field(default_factory=list)
     notifications: list[NotificationOut] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, shown: Shown) -> IncidentOut:
+        incident = shown.incident
+        fields = {name: getattr(incident, name) for name in _FROM_ROW}
+        fields.update(
+            alerts=shown.alerts.items,
+            alerts_total=shown.alerts.total,
+            alerts_next_cursor=shown.alerts.next_cursor,
+            timeline=shown.timeline.items,
+            timeline_total=shown.timeline.total,
+            timeline_next_cursor=shown.timeline.next_cursor,
+        )
+        return cls.model_validate(fields, from_attributes=True)
+
+
+# Read from the incident row itself (and the relationships the caller loaded).
+_FROM_ROW = (
+    "id", "key", "title", "summary", "severity", "status", "flapping", "created_at",
+    "acknowledged_at", "resolved_at", "labels", "alerts_dropped", "remediations",
+    "notifications",
+)
 
 
 class IncidentPage(BaseModel):
     items: list[IncidentOut]
+    next_cursor: str | None
+
+
+class AlertPage(BaseModel):
+    items: list[AlertOut]
+    next_cursor: str | None
+
+
+class TimelinePage(BaseModel):
+    items: list[TimelineEntryOut]
     next_cursor: str | None
 
 

@@ -1,10 +1,11 @@
 """Escalation timers: rows in PostgreSQL, polled by beat, never Celery ETAs.
 
 A timer is (re)armed when an incident opens, reopens or changes severity, and
-disarmed once it is acknowledged or resolved. Firing takes the due rows with
-FOR UPDATE SKIP LOCKED and moves them on in the same transaction, so two beats
-polling at once never fire the same step twice, and a restart loses nothing:
-the row is still due.
+disarmed once it is acknowledged or resolved. Firing locks each due timer's
+incident, then the timer (the order every transition uses), with SKIP LOCKED,
+and moves the timer on in the same transaction, so two beats polling at once
+never fire the same step twice, and a restart loses nothing: the row is still
+due.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ _ARMS = {
     TimelineKind.SEVERITY_CHANGED,
     TimelineKind.UNACKNOWLEDGED,
 }
+# What a lock reads is what decides, not an earlier copy in the session.
+_FRESH = {"populate_existing": True}
 ACK_TIMEOUT = "ack_timeout"
 ESCALATE_AFTER = "escalate_after"
 
@@ -67,18 +70,42 @@ def _disarm(session: Session, incident_id: int) -> None:
 
 
 def fire_due(session: Session, rules: Rules, life: Lifecycle, *, limit: int = 100) -> int:
-    """Advance every due timer through the lifecycle; returns how many fired."""
-    due = session.scalars(
-        select(EscalationTimer)
+    """Advance every due timer through the lifecycle; returns how many fired.
+
+    Everyone else locks an incident before its timer (a transition disarms or
+    re-arms it under the incident's lock), so this does too: the due timers
+    are read without a lock, then each incident and its timer are locked in
+    that order and the timer checked again. An incident or timer another
+    transaction holds is skipped, left for the next poll: two beats never fire
+    the same step, and a beat never waits behind a person resolving by hand.
+    """
+    due = session.execute(
+        select(EscalationTimer.id, EscalationTimer.incident_id)
         .where(EscalationTimer.active, EscalationTimer.due_at <= life.now)
         .order_by(EscalationTimer.due_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
     ).all()
     fired = 0
-    for timer in due:
-        incident = session.get(Incident, timer.incident_id, with_for_update=True)
-        if incident is None or incident.status != IncidentStatus.TRIGGERED:
+    for timer_id, incident_id in due:
+        incident = session.scalars(
+            select(Incident).where(Incident.id == incident_id).with_for_update(skip_locked=True),
+            execution_options=_FRESH,
+        ).one_or_none()
+        if incident is None:
+            continue
+        timer = session.scalars(
+            select(EscalationTimer)
+            .where(
+                EscalationTimer.id == timer_id,
+                EscalationTimer.active,
+                EscalationTimer.due_at <= life.now,
+            )
+            .with_for_update(skip_locked=True),
+            execution_options=_FRESH,
+        ).one_or_none()
+        if timer is None:  # fired, disarmed or re-armed since it was read
+            continue
+        if incident.status != IncidentStatus.TRIGGERED:
             timer.active = False
             continue
         _fire(timer, incident, rules, life)

@@ -17,6 +17,9 @@ INCIDENT_KEYS = {
     "id", "key", "title", "summary", "severity", "status", "flapping", "created_at",
     "acknowledged_at", "resolved_at", "labels", "alerts", "timeline", "remediations",
     "notifications",
+    # Beyond INTERFACE's shape: how much there is, for incidents too large to show whole.
+    "alerts_total", "alerts_next_cursor", "alerts_dropped", "timeline_total",
+    "timeline_next_cursor",
 }
 
 
@@ -34,6 +37,8 @@ def open_incident(n: int, **labels: str) -> int:
     [
         ("GET", "/api/incidents"),
         ("GET", "/api/incidents/1"),
+        ("GET", "/api/incidents/1/alerts"),
+        ("GET", "/api/incidents/1/timeline"),
         ("POST", "/api/incidents/1/acknowledge"),
         ("POST", "/api/incidents/1/resolve"),
     ],

@@ -19,12 +19,32 @@ log = structlog.get_logger(__name__)
 
 BACKOFF_CAP = 60.0
 WAIT_LIMIT = 300
+# Seconds kept between a retry's countdown plus its run and the broker's
+# visibility timeout.
+VISIBILITY_MARGIN = 15.0
 
 
 def backoff(retries: int) -> float:
     """Exponential, capped at a minute, with full jitter over its upper half."""
     ceiling = min(BACKOFF_CAP, 2.0 * 2**retries)
     return ceiling / 2 + random.random() * ceiling / 2
+
+
+def within_visibility(task, countdown: float) -> float:
+    """``countdown``, cut so the retried message is acknowledged before the broker's
+    visibility timeout.
+
+    The Redis broker hands a message still unacknowledged after the timeout to
+    another worker, and a retry's message waits out its countdown unacknowledged
+    in the worker that took it; with its run (up to the hard time limit) after,
+    a longer wait, such as a Retry-After of hours, would be sent twice.
+    """
+    visibility = context().settings.broker_visibility_timeout
+    ceiling = max(1.0, visibility - (task.time_limit or 0) - VISIBILITY_MARGIN)
+    if countdown > ceiling:
+        log.info("retry countdown cut below the broker's visibility timeout",
+                 asked=round(countdown, 1), countdown=ceiling)
+    return min(countdown, ceiling)
 
 
 @app.task(
@@ -51,11 +71,12 @@ def deliver_notification(self, *, notification_id: int, failures: int = 0) -> st
         # Celery's own count covers waits and failures; bounded all the same.
         ceiling = WAIT_LIMIT + self.max_retries
         if not exc.counts:
-            raise self.retry(countdown=exc.countdown, max_retries=ceiling) from None
+            raise self.retry(countdown=within_visibility(self, exc.countdown),
+                             max_retries=ceiling) from None
         if failures >= self.max_retries:
             delivery.mark_failed(notification_id, f"gave up after {failures + 1} attempts: {exc.reason}")
             return delivery.Outcome.FAILED
-        countdown = exc.countdown or backoff(failures)
+        countdown = within_visibility(self, exc.countdown or backoff(failures))
         log.info("notification retry", countdown=round(countdown, 1), reason=exc.reason)
         raise self.retry(
             countdown=countdown, max_retries=ceiling,
@@ -68,11 +89,12 @@ def flush_slack_digest(self, *, channel: str) -> int:
     notifiers = context().notifiers
     wait = notifiers.slack_bucket.take(channel)
     if wait > 0:
-        raise self.retry(countdown=wait)
+        raise self.retry(countdown=within_visibility(self, wait))
     try:
         told = notifiers.digests.flush(channel, notifiers.require_slack(), task_id=self.request.id)
     except RetryFlush as exc:
-        raise self.retry(countdown=exc.countdown or backoff(self.request.retries)) from exc
+        countdown = exc.countdown or backoff(self.request.retries)
+        raise self.retry(countdown=within_visibility(self, countdown)) from exc
     notifiers.digests.done(channel)
     return told
 
