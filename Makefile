@@ -22,8 +22,9 @@ run: $(STAMP)
 test: $(STAMP) alertmanager promtool
 	$(BIN)/python -m pytest
 
+# e.g. make bench BENCH_ARGS="--only durability"
 bench: $(STAMP) wrk
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check incident tests bench

@@ -10,7 +10,9 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHES = ("receiver", "end_to_end", "resend", "paging", "storm", "breaker", "backup")
+BENCHES = (
+    "receiver", "end_to_end", "resend", "paging", "storm", "breaker", "backup", "durability",
+)
 # Benches whose api and worker trees are sampled for peak RSS (bench.rss) from here;
 # the storm samples its own.
 RSS_DURING = ("end_to_end",)
@@ -52,7 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from bench import backup, breaker, end_to_end, loadgen, paging, receiver, report, resend
+    from bench import backup, breaker, durability, end_to_end, loadgen, paging, receiver, report
+    from bench import resend
     from bench import rss, storm
     from bench.noise import BackgroundLoad, cpu_speed_index
     from bench.stack import Stack
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             "auth": "bearer token on /webhooks/alertmanager",
         },
     }
-    wrk = loadgen.ensure_wrk(install=not args.no_install) if "receiver" in selected else None
+    needs_wrk = {"receiver", "durability"} & set(selected)
+    wrk = loadgen.ensure_wrk(install=not args.no_install) if needs_wrk else None
     stack = Stack(log_level=args.log_level)
     background = BackgroundLoad()
     background.start()
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             "storm": lambda: storm.run(stack, quick=args.quick),
             "breaker": lambda: breaker.run(stack, quick=args.quick),
             "backup": lambda: backup.run(stack, quick=args.quick),
+            "durability": lambda: durability.run(stack, quick=args.quick, wrk=wrk),
         }
         for name in selected:
             speed = cpu_speed_index()

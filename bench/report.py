@@ -247,6 +247,18 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                 "",
             )
         )
+    durability = results.get("durability")
+    if durability:
+        medians = durability["rps_median"]
+        for policy, runs in durability["rps_runs"].items():
+            out.append((
+                f"receiver w=1 1-alert, Redis appendfsync {policy}: webhooks/s at saturation",
+                f"{medians[policy]:.0f} ({', '.join(f'{v:.0f}' for v in runs)})", "", "",
+            ))
+        out.append((
+            "appendfsync always / everysec (same run, alternating)",
+            f"{durability['always_over_everysec']:.2f}", "", "",
+        ))
     for name, cpu in results.get("cpu_during", {}).items():
         if cpu.get("other_cores") is not None:
             out.append(

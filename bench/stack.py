@@ -101,8 +101,11 @@ class Stack:
         """Drop waiting and unacknowledged ingest messages (only with no worker running)."""
         self.redis().unlink(*BROKER_KEYS)
 
-    def api(self, workers: int = 1) -> ApiProcess:
-        api = ApiProcess(self, workers)
+    def api(
+        self, workers: int = 1, *, env: dict[str, str] | None = None, name: str = ""
+    ) -> ApiProcess:
+        """``incident api``; ``env`` overrides the stack's environment (another broker, say)."""
+        api = ApiProcess(self, workers, env=env, name=name)
         self.children.append(api)
         return api
 
@@ -193,7 +196,9 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 class ApiProcess(Child):
-    def __init__(self, stack: Stack, workers: int) -> None:
+    def __init__(
+        self, stack: Stack, workers: int, *, env: dict[str, str] | None = None, name: str = ""
+    ) -> None:
         self.port = free_port()
         self.host = "127.0.0.1"
         self.url = f"http://{self.host}:{self.port}"
@@ -201,7 +206,8 @@ class ApiProcess(Child):
             sys.executable, "-m", "incident", "api",
             "--port", str(self.port), "--workers", str(workers),
         ]  # fmt: skip
-        super().__init__(argv, stack.env(), stack.workdir / f"api-w{workers}.log")
+        log = stack.workdir / f"api-w{workers}{'-' + name if name else ''}.log"
+        super().__init__(argv, {**stack.env(), **(env or {})}, log)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, Self
@@ -33,6 +35,7 @@ _PG_DEFAULT_PORT = 5432
 _REDIS_START_TIMEOUT = 15.0
 _REDIS_STOP_TIMEOUT = 10.0
 _LOG_TAIL_LINES = 30
+_REDIS_DIRECTIVE = re.compile(r"[a-z][a-z0-9-]*")
 
 
 class EmbeddedServerError(RuntimeError):
@@ -278,13 +281,23 @@ class EmbeddedRedis(_Server):
     """A ``redis-server`` on 127.0.0.1 with its append-only file in ``data_dir``.
 
     The port is chosen once (free when ``port`` is None) and kept, so a restart
-    comes back at the same URL.
+    comes back at the same URL. ``options`` are further ``redis.conf`` directives
+    (``{"appendfsync": "always"}``), applied after ours, so they override them.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, options: Mapping[str, str] | None = None
+    ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self._port = port
         self._proc: subprocess.Popen[bytes] | None = None
+        self.options = dict(options or {})
+        for name, value in self.options.items():
+            if not _REDIS_DIRECTIVE.fullmatch(name) or not isinstance(value, str):
+                raise ValueError(
+                    f"Redis option {name!r}: {value!r} is not a redis.conf directive and "
+                    "string value (e.g. 'appendfsync': 'always')"
+                )
 
     @property
     def port(self) -> int | None:
@@ -345,6 +358,17 @@ class EmbeddedRedis(_Server):
                 proc.wait(5)
         self.pid_file.unlink(missing_ok=True)
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (nothing flushed on the way out).
+
+        ``start()`` then brings it back on the same port from what reached its AOF.
+        """
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.kill()
+        proc.wait(_REDIS_STOP_TIMEOUT)
+
     def _spawn_and_wait(self, port: int) -> subprocess.Popen[bytes]:
         argv = [
             _redis_executable(),
@@ -360,6 +384,8 @@ class EmbeddedRedis(_Server):
             "--pidfile", str(self.pid_file),
             "--logfile", str(self.log_file),
         ]  # fmt: skip
+        for name, value in self.options.items():
+            argv += [f"--{name}", value]
         log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         with self.log_file.open("ab") as early_output:
             # Its own session: a Ctrl-C at the terminal must not stop the broker before

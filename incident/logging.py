@@ -10,11 +10,13 @@ format: JSON (or structlog's console format) on stderr, plus JSON lines in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -39,6 +41,10 @@ _OUR_HANDLER = "_incident_logging_handler"
 
 # What may name a process, and so its log file; log rotation matches file names by it.
 PROCESS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+# Logs hold incident details and client addresses: the group may read them
+# (a log shipper), others may not. A stricter umask still narrows it further.
+LOG_FILE_MODE = 0o640
 
 _configured = False
 _celery_process = "worker"
@@ -179,6 +185,28 @@ def _formatter(
     )
 
 
+class LogFileHandler(logging.handlers.WatchedFileHandler):
+    """Appends to ``{process}.log``, reopening it when rotation renames it (a stat per line).
+
+    The file is created with ``LOG_FILE_MODE`` rather than the umask's default,
+    and one found with wider permissions (written by an older version) is
+    narrowed when opened.
+    """
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE)
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            if mode & ~LOG_FILE_MODE:
+                # Another user's file on a shared volume: theirs to fix, not a reason to stop.
+                with contextlib.suppress(PermissionError):
+                    os.fchmod(fd, mode & LOG_FILE_MODE)
+            return open(fd, "a", encoding=self.encoding, errors=self.errors)
+        except BaseException:
+            os.close(fd)
+            raise
+
+
 def _level(name: str) -> int:
     level = logging.getLevelName(name.strip().upper())
     if isinstance(level, int):
@@ -232,10 +260,7 @@ def configure_logging(settings: Settings, *, process: str) -> None:
 
     if settings.log_dir is not None:
         settings.log_dir.mkdir(parents=True, exist_ok=True)
-        # WatchedFileHandler reopens the path when log rotation renames the file.
-        file_handler = logging.handlers.WatchedFileHandler(
-            settings.log_dir / f"{process}.log", encoding="utf-8"
-        )
+        file_handler = LogFileHandler(settings.log_dir / f"{process}.log", encoding="utf-8")
         file_handler.setFormatter(_formatter(json_renderer, scrubber, with_pid=True))
         handlers.append(file_handler)
 

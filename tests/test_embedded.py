@@ -138,6 +138,28 @@ def test_redis_keeps_keys_in_its_aof_and_comes_back_on_the_same_port(tmp_path: P
     assert (tmp_path / "redis" / "appendonly.aof").stat().st_size > 0
 
 
+def test_redis_takes_further_directives_and_comes_back_after_a_sigkill(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", options={"appendfsync": "always"})
+    url = server.start()
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}
+        client.set("acknowledged", "1")
+        pid = server.pid
+        server.kill()
+        assert pid is not None and process_gone(pid)
+        assert server.start() == url
+        assert redis.Redis.from_url(url, socket_timeout=5).get("acknowledged") == b"1"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("name", ["appendfsync always", "--dir", "Port", ""])
+def test_redis_refuses_an_option_that_is_not_a_directive_name(tmp_path: Path, name) -> None:
+    with pytest.raises(ValueError, match=r"is not a redis\.conf directive"):
+        EmbeddedRedis(tmp_path / "redis", options={name: "x"})
+
+
 def test_redis_as_a_context_manager_leaves_no_process(tmp_path: Path) -> None:
     with EmbeddedRedis(tmp_path / "redis") as server:
         pid = server.pid

@@ -216,6 +216,25 @@ def test_file_handler_reopens_the_log_after_rotation_renames_it(tmp_path):
     assert [r["event"] for r in run.file_records("worker.log")] == ["after rotation"]
 
 
+def test_log_files_are_created_0640_and_an_older_wider_one_is_narrowed(tmp_path):
+    run = run_script(
+        """
+        import stat
+        os.umask(0o022)
+        log_dir = get_settings().log_dir
+        log_dir.mkdir()
+        (log_dir / "beat.log").write_text("")  # as an older version left it: 0644
+        for process in ("worker", "beat"):
+            configure_logging(get_settings(), process=process)
+            get_logger("incident.test").info("line", process=process)
+        print(sorted((p.name, oct(stat.S_IMODE(p.stat().st_mode))) for p in log_dir.iterdir()))
+        """,
+        tmp_path,
+    )
+    assert run.stdout.strip() == "[('beat.log', '0o640'), ('worker.log', '0o640')]"
+    assert [r["process"] for r in run.file_records("beat.log")] == ["beat"]
+
+
 def test_configuring_twice_installs_one_set_of_handlers(tmp_path):
     run = run_script(
         """

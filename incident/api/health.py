@@ -75,5 +75,7 @@ async def readyz(request: Request) -> JSONResponse:
     },
 )
 async def metrics(request: Request) -> Response:
-    body, media_type = await run_in_threadpool(fleet_metrics.render, request.app.state.settings)
+    body, media_type = await run_in_threadpool(
+        fleet_metrics.render, request.app.state.settings, request.app.state.rules
+    )
     return Response(body, media_type=media_type)

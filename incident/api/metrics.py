@@ -5,6 +5,13 @@ the service address) or aggregate replicas with ``max``, not ``sum``. A part
 that cannot be read (PostgreSQL or Redis away) is left out and
 ``incident_metrics_source_up{source}`` says which, rather than failing the
 whole scrape.
+
+``incident_watchdog_last_seen_timestamp_seconds`` is described (HELP, TYPE)
+from the start but has no sample until a Watchdog has arrived: "never seen" is
+then an absent series, which ``absent()`` and ``unless`` see, where NaN would
+be a present series whose every comparison is false, so a ``time() - x > 600``
+rule would stay silent. ``incident_watchdog_configured`` says whether silence
+matters at all.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from incident.maintenance.backup_files import backup_status
 from incident.metrics import counter_families, gauge, read_counters
 from incident.notifications.models import EscalationTimer
 from incident.remediation.breaker import CircuitBreakers
+from incident.rules import Rules
 from incident.sharedstate import redis_for
 from incident.worker.routes import QUEUES
 
@@ -38,8 +46,9 @@ _BREAKER_STATES = ("closed", "open", "half_open")
 
 
 class FleetCollector(Collector):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, rules: Rules) -> None:
         self.settings = settings
+        self.rules = rules
 
     def collect(self) -> Iterator[Any]:
         sources: dict[str, bool] = {}
@@ -51,6 +60,11 @@ class FleetCollector(Collector):
             families = _guarded(source, read)
             sources[source] = families is not None
             yield from families or ()
+        yield gauge(
+            "incident_watchdog_configured",
+            "Whether the rules file sets maintenance.watchdog (1) or not (0).",
+            [], [((), float(self.rules.maintenance.watchdog is not None))],
+        )
         yield gauge(
             "incident_metrics_source_up",
             "Whether /metrics could read this source (1) or left its metrics out (0).",
@@ -80,11 +94,11 @@ class FleetCollector(Collector):
                 ["queue"], [((queue,), float(depth)) for queue, depth in zip(QUEUES, depths, strict=True)],
             ))
         seen = watchdog.last_seen(client)
-        if seen is not None:
-            families.append(gauge(
-                "incident_watchdog_last_seen_timestamp_seconds",
-                "When the Watchdog alert last arrived (Unix time).", [], [((), seen.timestamp())],
-            ))
+        families.append(gauge(
+            "incident_watchdog_last_seen_timestamp_seconds",
+            "When the Watchdog alert last arrived (Unix time); no sample until the first.",
+            [], [((), seen.timestamp())] if seen is not None else [],
+        ))
         return families
 
     def _from_database(self) -> list[Any]:
@@ -144,7 +158,7 @@ def _is_redis(url: str) -> bool:
     return url.split("://", 1)[0] in ("redis", "rediss", "unix")
 
 
-def render(settings: Settings) -> tuple[bytes, str]:
+def render(settings: Settings, rules: Rules) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(settings))
+    registry.register(FleetCollector(settings, rules))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from incident.config import ConfigurationError, get_settings
+from incident.config import ConfigurationError, Settings, get_settings
+
+if TYPE_CHECKING:
+    from incident.maintenance.jobs import MaintenanceJobs
+    from incident.rules import Rules
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -114,11 +119,28 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
 
 def _backup(args: argparse.Namespace) -> int:
+    from incident.logging import configure_logging
     from incident.maintenance import backup_commands
 
+    # The internal incident's own log lines go to stderr with the progress; stdout
+    # keeps only the outcome.
+    configure_logging(get_settings(), process="cli")
+
     if args.backup_command == "create":
-        return backup_commands.create(backup_dir=args.backup_dir, keep=args.keep)
-    return backup_commands.verify(backup_dir=args.backup_dir, max_age=args.max_age, mode=args.mode)
+        return backup_commands.create(
+            backup_dir=args.backup_dir, keep=args.keep, jobs=_maintenance_jobs
+        )
+    return backup_commands.verify(
+        backup_dir=args.backup_dir, max_age=args.max_age, mode=args.mode, jobs=_maintenance_jobs
+    )
+
+
+def _maintenance_jobs(settings: Settings, rules: Rules) -> MaintenanceJobs:
+    """The jobs beat runs, so a backup run by hand raises and resolves the same incident."""
+    from incident.context import Context
+    from incident.worker.app import publish
+
+    return Context(settings, rules, publish).maintenance
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from incident.incidents.events import EventBus
 from incident.incidents.ingest import ingest_payload
 from incident.incidents.repeats import RepeatCache
 from incident.maintenance import watchdog
-from incident.maintenance.backup_verify import verify_latest
+from incident.maintenance.backup_verify import VerifyResult, verify_latest
 from incident.maintenance.backups import BackupError, create_backup
 from incident.maintenance.internal import InternalAlerts
 from incident.rules import Rules
@@ -51,23 +51,32 @@ class MaintenanceJobs:
             create_backup(self.settings.require_database_url(), self.settings.backup_dir,
                           keep=policy.keep, progress=_progress("backup"))
         except BackupError as exc:
-            self._backup_failing([f"backup failed: {exc}"])
+            self.backup_failed(exc)
             return False
         return self.verify()
 
     def verify(self) -> bool:
         """The recovery-point check: the newest backup restores and is young enough."""
         policy = self.rules.maintenance.backup
-        now = clock()
         result = verify_latest(
             self.settings.require_database_url(), self.settings.backup_dir,
-            max_age=policy.max_age, mode=policy.verify, progress=_progress("verify"), now=now,
+            max_age=policy.max_age, mode=policy.verify, progress=_progress("verify"), now=clock(),
         )
+        return self.verification_done(result)
+
+    def backup_failed(self, error: BackupError) -> None:
+        """Raise the backup incident: a backup of the configured directory failed."""
+        self._backup_failing([f"backup failed: {error}"])
+
+    def verification_done(self, result: VerifyResult) -> bool:
+        """Raise or resolve the backup incident by a verification of the configured
+        directory, whoever ran it (beat or ``incident backup``); whether it passed."""
+        policy = self.rules.maintenance.backup
         if result.ok:
             self._apply(self.alerts.resolved(BACKUP_ALERT, severity=policy.severity,
                                              summary="Backups are failing"), BACKUP_ALERT)
             return True
-        if result.backup is None and self._younger_than(now, policy.max_age):
+        if result.backup is None and self._younger_than(clock(), policy.max_age):
             # A new installation has no backup yet; that is a problem only once
             # it has run longer than the recovery-point objective.
             log.info("no backup yet; within max_age of the first check", max_age=str(policy.max_age))

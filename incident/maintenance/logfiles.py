@@ -28,6 +28,17 @@ have to be stalled inside one ``emit`` for that long. The copy itself is
 checked too: if the file's size or mtime changed while it was being gzipped,
 the attempt is dropped and the next run tries again.
 
+Besides the periodic rotation every ``every``, a size check rotates only the
+live files that have reached ``max_size``. It is run by beat every
+``SIZE_CHECK_SECONDS`` (worker/app.py) rather than by each writing process:
+rotation, naming, compression and the idle rule then stay in this one place
+under one lock, and a writer's hot path stays one stat per line. A file can
+therefore outgrow ``max_size`` by what is written between two checks.
+
+Log files are ``LOG_FILE_MODE`` (0640): writers create them so, a rotation
+narrows a file that an older version created wider, and compressed copies are
+created with it.
+
 Runs are serialised by an ``flock`` on ``.rotation.lock`` in the directory, so
 a duplicated task finds the lock held and does nothing: two rotators could
 otherwise pick the same rotated name in the same second.
@@ -54,7 +65,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from incident.logging import PROCESS_NAME, get_logger
+from incident.logging import LOG_FILE_MODE, PROCESS_NAME, get_logger
 from incident.rules.maintenance import LogRotation
 
 log = get_logger(__name__)
@@ -62,6 +73,8 @@ log = get_logger(__name__)
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 DEFAULT_IDLE_GRACE = timedelta(seconds=60)
 LOCK_NAME = ".rotation.lock"
+# How often beat runs the size check (rotate_logs with oversized_only=True).
+SIZE_CHECK_SECONDS = 30.0
 
 _LIVE = re.compile(rf"(?:{PROCESS_NAME.pattern})\.log")
 # `-N` tells apart two rotations of one file within the same second.
@@ -100,8 +113,12 @@ def rotate_logs(
     *,
     now: datetime | None = None,
     idle_grace: timedelta = DEFAULT_IDLE_GRACE,
+    oversized_only: bool = False,
 ) -> RotationReport:
     """Rotate every non-empty live log, then delete and compress old rotations.
+
+    With ``oversized_only``, only live logs of ``policy.max_size`` or more are
+    rotated (the size check); old rotations are handled the same either way.
 
     ``now`` (default: the clock; naive means UTC) stamps the new names and
     decides which rotations are older than ``policy.compress_after`` /
@@ -121,12 +138,18 @@ def rotate_logs(
             log.info("log rotation skipped: another run holds the lock", log_dir=str(log_dir))
             return report
         _remove_partials(log_dir)
-        fresh = _rotate_live_files(log_dir, moment, report)
+        minimum = policy.max_size if oversized_only else 1
+        fresh = _rotate_live_files(log_dir, moment, report, minimum)
         for rotated in _rotated_files(log_dir):
             if rotated.path in fresh and idle_grace > timedelta(0):
                 continue
             _expire_or_compress(rotated, policy, moment, idle_grace, report)
-    log.info("log rotation finished", log_dir=str(log_dir), **report.as_dict())
+    # The size check runs every few seconds; only what it did is worth a line.
+    quiet = oversized_only and not (report.rotated or report.compressed or report.deleted)
+    (log.debug if quiet else log.info)(
+        "log rotation finished", log_dir=str(log_dir), oversized_only=oversized_only,
+        **report.as_dict(),
+    )
     return report
 
 
@@ -169,25 +192,37 @@ def _remove_partials(log_dir: Path) -> None:
                 log.info("removed an unfinished compression", file=entry.name)
 
 
-def _rotate_live_files(log_dir: Path, moment: datetime, report: RotationReport) -> set[Path]:
+def _rotate_live_files(
+    log_dir: Path, moment: datetime, report: RotationReport, minimum: int
+) -> set[Path]:
+    """Rename each live log of at least ``minimum`` bytes (never an empty one)."""
     fresh: set[Path] = set()
     for entry in sorted(os.scandir(log_dir), key=lambda e: e.name):
         if not _LIVE.fullmatch(entry.name):
             continue
         path = Path(entry.path)
         status = _regular(path)
-        if status is None or status.st_size == 0:
+        if status is None or status.st_size == 0 or status.st_size < minimum:
             continue
         target = _free_rotated_name(path, moment)
         try:
             os.rename(path, target)
         except FileNotFoundError:
             continue
+        _narrow_mode(target, status)
         fresh.add(target)
         report.rotated += 1
     if fresh:
         _fsync_dir(log_dir)
     return fresh
+
+
+def _narrow_mode(path: Path, status: os.stat_result) -> None:
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & ~LOG_FILE_MODE:
+        # Not ours to change (another user's file on a shared volume): keep rotating.
+        with contextlib.suppress(PermissionError, FileNotFoundError):
+            os.chmod(path, mode & LOG_FILE_MODE)
 
 
 def _free_rotated_name(live: Path, moment: datetime) -> Path:
@@ -256,7 +291,9 @@ def _compress(path: Path, status: os.stat_result) -> int | None:
     with path.open("rb") as source:
         if not _same_file(os.fstat(source.fileno()), status):
             return None
-        with partial.open("wb") as raw:
+        mode = stat.S_IMODE(status.st_mode) & LOG_FILE_MODE
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        with open(os.open(partial, flags, mode), "wb") as raw:
             with gzip.GzipFile(
                 filename=path.name, mode="wb", fileobj=raw, mtime=int(status.st_mtime)
             ) as zipped:

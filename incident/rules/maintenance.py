@@ -8,7 +8,14 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from incident.rules.schema_types import Duration, NonEmptyStr, PositiveInt, StrictModel, rule_error
+from incident.rules.schema_types import (
+    ByteSize,
+    Duration,
+    NonEmptyStr,
+    PositiveInt,
+    StrictModel,
+    rule_error,
+)
 from incident.rules.severity import Severity
 
 # Field names as Celery's `crontab()` takes them, with the ranges it accepts
@@ -74,6 +81,9 @@ class Flapping(StrictModel):
 
 class LogRotation(StrictModel):
     every: Duration = timedelta(hours=1)
+    # A live log this large is rotated at the next size check, whatever `every`
+    # says: a flood (of 401s, say) must not fill the disk within one period.
+    max_size: ByteSize = 100 * 1024 * 1024
     compress_after: Duration = timedelta(days=1)
     delete_after: Duration = timedelta(days=30)
 

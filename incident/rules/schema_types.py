@@ -10,6 +10,8 @@ from pydantic_core import PydanticCustomError
 
 from incident.rules.durations import EXAMPLES, parse_duration
 from incident.rules.matchers import Matcher, MatcherError, parse_matchers
+from incident.rules.sizes import EXAMPLES as SIZE_EXAMPLES
+from incident.rules.sizes import parse_size
 
 # The error type the loader recognises; its `at` context extends the error's
 # location, for checks that span fields but blame one of them.
@@ -47,6 +49,22 @@ def _to_duration(value: object) -> timedelta:
 
 Duration = Annotated[timedelta, PlainValidator(_to_duration)]
 """A positive ``timedelta`` written as ``10s``, ``5m``, ``1h30m``, ``90d``."""
+
+
+def _to_size(value: object) -> int:
+    if not isinstance(value, str):
+        # As with durations: a bare number has no unit, and guessing bytes
+        # would turn a forgotten "MiB" into a rotation every check.
+        raise rule_error(f"a size needs a unit ({SIZE_EXAMPLES}), got {value!r}")
+    try:
+        return parse_size(value)
+    except ValueError as error:
+        raise rule_error(str(error)) from None
+
+
+ByteSize = Annotated[int, PlainValidator(_to_size)]
+"""A positive number of bytes written as ``512KiB``, ``100MiB``, ``1GiB``, ``500MB``."""
+
 
 NonEmptyStr = Annotated[str, Field(strict=True, min_length=1)]
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]

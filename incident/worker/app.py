@@ -16,6 +16,7 @@ from incident.config import Settings, get_settings
 from incident.incidents import outbox
 from incident.incidents.outbox import Message
 from incident.logging import install_celery_logging
+from incident.maintenance.logfiles import SIZE_CHECK_SECONDS
 from incident.rules import load_rules
 from incident.worker.routes import INGEST, TASK_ROUTES, task_queues
 from incident.worker.transport import TRANSPORT as REDIS_TRANSPORT
@@ -135,6 +136,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         schedule["rotate-logs"] = {
             "task": "incident.maintenance.rotate_logs",
             "schedule": maintenance.log_rotation.every.total_seconds(),
+        }
+        schedule["rotate-oversized-logs"] = {
+            "task": "incident.maintenance.rotate_logs",
+            "schedule": SIZE_CHECK_SECONDS,
+            "kwargs": {"oversized_only": True},
         }
     if maintenance.watchdog is not None:
         schedule["watchdog"] = {

@@ -212,3 +212,80 @@ def test_a_source_that_cannot_be_read_is_left_out_not_fatal(metrics_env, tmp_pat
         assert any(key[0] == "incident_webhooks_total" for key in samples)
     finally:
         api.stop()
+
+
+def test_the_watchdog_family_is_described_before_the_first_watchdog_and_sampled_after(
+    clean_state, stack
+):
+    api, _ = stack
+    family = "incident_watchdog_last_seen_timestamp_seconds"
+    text = httpx.get(f"{api.url}/metrics", timeout=10).text
+    assert f"# HELP {family} " in text
+    assert f"# TYPE {family} gauge" in text
+    # Never seen: no sample (absent() sees it), not NaN (which every comparison ignores).
+    assert not [line for line in text.splitlines() if line.startswith(family)]
+    samples = scrape(api)
+    assert value(samples, "incident_watchdog_configured") == 1
+    assert ("incident_watchdog_configured", ()) in samples
+
+    assert post(api, factories.payload(factories.alert(alertname="Watchdog"))) == 202
+    wait_for(lambda: value(scrape(api), family) > 0, timeout=30, what="the Watchdog recorded")
+
+
+def test_watchdog_configured_is_zero_when_the_rules_file_sets_no_watchdog(
+    clean_state, incident_environment
+):
+    from incident.api.metrics import render
+    from incident.config import get_settings
+    from incident.rules import load_rules
+
+    body, _ = render(get_settings(), load_rules(None))
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+    assert samples["incident_watchdog_configured"] == 0
+    assert "incident_watchdog_last_seen_timestamp_seconds" not in samples
+
+
+PROMTOOL_TEST = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - {{series: 'incident_watchdog_configured{{instance="never"}}', values: '1x20'}}
+      - {{series: 'incident_metrics_source_up{{instance="never",source="redis"}}', values: '1x20'}}
+    alert_rule_test:
+      - {{eval_time: 5m, alertname: IncidentWatchdogNeverSeen, exp_alerts: []}}
+      - eval_time: 15m
+        alertname: IncidentWatchdogNeverSeen
+        exp_alerts:
+          - exp_labels: {{severity: critical, component: incident}}
+            exp_annotations:
+              summary: incident has never received a Watchdog alert
+              description: "maintenance.watchdog is set, but no Watchdog has arrived since incident started: Prometheus, Alertmanager or the route to incident is broken."
+  - interval: 1m
+    input_series:
+      - {{series: 'incident_watchdog_configured{{instance="heard"}}', values: '1x20'}}
+      - {{series: 'incident_metrics_source_up{{instance="heard",source="redis"}}', values: '1x20'}}
+      - {{series: 'incident_watchdog_last_seen_timestamp_seconds{{instance="heard"}}', values: '0+60x20'}}
+      - {{series: 'incident_watchdog_configured{{instance="off"}}', values: '0x20'}}
+    alert_rule_test:
+      - {{eval_time: 15m, alertname: IncidentWatchdogNeverSeen, exp_alerts: []}}
+"""
+
+
+def test_the_example_rules_alert_when_a_configured_watchdog_was_never_seen(tmp_path):
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    spec = tmp_path / "watchdog-test.yml"
+    spec.write_text(PROMTOOL_TEST.format(rules=EXAMPLES / "prometheus-rules.yml"))
+    result = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -129,6 +129,38 @@ def test_the_beat_schedule_comes_from_the_rules_file(jobs):
     assert "rotate-logs" not in schedule, "no log directory, nothing to rotate"
 
 
+def test_with_a_log_directory_beat_rotates_every_period_and_checks_sizes_often(
+    jobs, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("INCIDENT_LOG_DIR", str(tmp_path / "logs"))
+    get_settings.cache_clear()
+    schedule = beat_schedule(get_settings())
+    assert schedule["rotate-logs"] == {"task": "incident.maintenance.rotate_logs",
+                                       "schedule": 3600.0}
+    assert schedule["rotate-oversized-logs"] == {"task": "incident.maintenance.rotate_logs",
+                                                 "schedule": 30.0,
+                                                 "kwargs": {"oversized_only": True}}
+
+
+def test_the_size_check_task_rotates_only_what_is_past_max_size(jobs, monkeypatch, tmp_path):
+    from incident.worker.tasks import maintenance as tasks
+    from incident.worker.tasks import reset_context
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "api.log").write_text("x" * 2048)
+    (logs / "beat.log").write_text("x" * 10)
+    rules = tmp_path / "rules.yml"
+    rules.write_text(RULES + "  log_rotation: {every: 1h, max_size: 1KiB}\n")
+    monkeypatch.setenv("INCIDENT_LOG_DIR", str(logs))
+    get_settings.cache_clear()
+    reset_context()
+
+    assert tasks.rotate_logs.run(oversized_only=True) == 1
+    assert sorted(p.name.split(".")[0] for p in logs.iterdir() if ".log." in p.name) == ["api"]
+    assert tasks.rotate_logs.run() == 1  # the periodic run takes the small one too
+
+
 def test_watchdog_alerts_open_nothing_and_silence_opens_one_sev1_that_their_return_resolves(
     jobs, redis_client
 ):

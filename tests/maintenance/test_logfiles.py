@@ -6,6 +6,7 @@ import fcntl
 import gzip
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -105,8 +106,10 @@ def wait_until(predicate, *, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.timeout(60)
-def test_rotation_while_four_processes_write_loses_no_line(tmp_path):
+def write_while_rotating(tmp_path: Path, rotate) -> tuple[Path, list, Counter, dict]:
+    """Four writers (a forked pair among them) log numbered lines while ``rotate`` runs
+    in a loop; the log dir, what each run reported, how often each line was found, and
+    the files each writer's lines were found in."""
     log_dir, run_dir = tmp_path / "logs", tmp_path / "run"
     run_dir.mkdir()
     writers = [
@@ -114,9 +117,6 @@ def test_rotation_while_four_processes_write_loses_no_line(tmp_path):
         start_writer("api", run_dir, log_dir),
         start_writer("beat", run_dir, log_dir),
     ]
-    # Long next to one line's stat-to-write window, short enough for files
-    # rotated early in the run to be compressed while the writers still write.
-    grace = timedelta(seconds=0.25)
     while_writing = []
     try:
         wait_until(
@@ -126,7 +126,7 @@ def test_rotation_while_four_processes_write_loses_no_line(tmp_path):
         )
         (run_dir / "go").touch()
         while any(w.poll() is None for w in writers):
-            while_writing.append(rotate_logs(log_dir, COMPRESS_AT_ONCE, idle_grace=grace))
+            while_writing.append(rotate(log_dir))
             time.sleep(0.005)
     finally:
         for writer in writers:
@@ -147,17 +147,82 @@ def test_rotation_while_four_processes_write_loses_no_line(tmp_path):
             assert record["event"] == "numbered line"
             seen[record["writer"], record["n"]] += 1
             files_per_writer[record["writer"]].add(path.name)
+    return log_dir, while_writing, seen, files_per_writer
 
+
+def assert_every_line_once(seen: Counter) -> None:
     expected = {(w, n) for w in WRITERS for n in range(LINES_PER_WRITER)}
     assert set(seen) == expected
     assert [pair for pair, times in seen.items() if times != 1] == []
     assert sum(seen.values()) == 10_000
+
+
+@pytest.mark.timeout(60)
+def test_rotation_while_four_processes_write_loses_no_line(tmp_path):
+    # Long next to one line's stat-to-write window, short enough for files
+    # rotated early in the run to be compressed while the writers still write.
+    grace = timedelta(seconds=0.25)
+    log_dir, while_writing, seen, files_per_writer = write_while_rotating(
+        tmp_path, lambda log_dir: rotate_logs(log_dir, COMPRESS_AT_ONCE, idle_grace=grace)
+    )
+
+    assert_every_line_once(seen)
     assert sum(r.rotated for r in while_writing) >= 6
     assert sum(r.compressed for r in while_writing) >= 1
     # Every writer, the forked pair included, saw its file rotated under it.
     assert all(len(files) >= 2 for files in files_per_writer.values()), files_per_writer
     live = {"worker.log", "api.log", "beat.log"}
     assert any(name.endswith(".gz") for name in names(log_dir) - live)
+
+
+@pytest.mark.timeout(60)
+def test_the_size_check_rotates_only_files_past_max_size_and_loses_no_line(tmp_path):
+    small = LogRotation(max_size="64KiB", compress_after=timedelta(days=1))
+    log_dir, while_writing, seen, _ = write_while_rotating(
+        tmp_path, lambda log_dir: rotate_logs(log_dir, small, oversized_only=True)
+    )
+
+    assert_every_line_once(seen)
+    rotated = sorted(p for p in log_dir.iterdir() if ".log." in p.name)
+    assert sum(r.rotated for r in while_writing) == len(rotated) >= 10
+    # Nothing was rotated before it reached max_size: a live file under it stays.
+    assert all(p.stat().st_size >= 64 * 1024 for p in rotated), [
+        (p.name, p.stat().st_size) for p in rotated
+    ]
+
+
+def test_the_size_check_leaves_smaller_files_to_the_periodic_rotation(tmp_path):
+    policy = LogRotation(max_size="1KiB")
+    write(tmp_path / "api.log", "x" * 1023 + "\n")
+    write(tmp_path / "worker.log", "x" * 1022 + "\n")
+
+    report = rotate_logs(tmp_path, policy, now=NOW, oversized_only=True)
+
+    assert names(tmp_path) == {f"api.log.{stamp(NOW)}", "worker.log"}
+    assert report.rotated == 1
+    assert rotate_logs(tmp_path, policy, now=NOW).rotated == 1
+    assert "worker.log" not in names(tmp_path)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_rotated_and_compressed_logs_are_readable_by_owner_and_group_only(tmp_path, umask_022):
+    # As an older version left them: the umask's 0644.
+    live = write(tmp_path / "worker.log", "live\n")
+    old = write(tmp_path / f"api.log.{stamp(NOW - timedelta(days=2))}", "old\n" * 100,
+                mtime=NOW - timedelta(days=2))
+    assert stat.S_IMODE(live.stat().st_mode) == stat.S_IMODE(old.stat().st_mode) == 0o644
+
+    rotate_logs(tmp_path, DAILY, now=NOW, idle_grace=timedelta(0))
+
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.iterdir()
+             if p.name != LOCK_NAME}
+    assert modes == {f"worker.log.{stamp(NOW)}": "0o640", f"{old.name}.gz": "0o640"}
 
 
 def test_rotation_renames_live_logs_with_a_utc_stamp_and_skips_empty_ones(tmp_path):

@@ -242,6 +242,18 @@ class TestTypedValues:
     def test_durations(self, text: str, expected: timedelta) -> None:
         assert parse_rules(f"maintenance: {{retention: {text}}}").maintenance.retention == expected
 
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [("100MiB", 100 * 2**20), ("1GiB", 2**30), ("512KiB", 512 * 1024), ("500MB", 500 * 10**6),
+         ("4096B", 4096), ("2 gib", 2 * 2**30)],
+    )
+    def test_log_rotation_max_size(self, text: str, expected: int) -> None:
+        rules = parse_rules(f"maintenance: {{log_rotation: {{max_size: {text}}}}}")
+        assert rules.maintenance.log_rotation.max_size == expected
+
+    def test_log_rotation_max_size_defaults_to_100_mib(self) -> None:
+        assert load_rules(None).maintenance.log_rotation.max_size == 100 * 2**20
+
     def test_rules_are_immutable(self) -> None:
         rules = load_rules(None)
         with pytest.raises(ValueError, match="frozen"):
@@ -284,6 +296,21 @@ class TestErrorsNameTheLine:
     def test_bad_duration(self, value: str, message: str) -> None:
         error = rules_error(f"maintenance:\n  flapping:\n    within: {value}\n")
         assert_reported(error, 3, "maintenance.flapping.within", message)
+
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            ("100", "a size needs a unit"),
+            ("0MiB", "a size must be positive"),
+            ("100M", "invalid size '100M'"),
+            ("-5MiB", "invalid size"),
+            ("lots", "invalid size 'lots'"),
+            ("1.5GiB", "invalid size"),
+        ],
+    )
+    def test_bad_log_size(self, value: str, message: str) -> None:
+        error = rules_error(f"maintenance:\n  log_rotation:\n    every: 1h\n    max_size: {value}\n")
+        assert_reported(error, 4, "maintenance.log_rotation.max_size", message)
 
     def test_bad_regex_names_the_matcher_and_its_list_item(self) -> None:
         error = rules_error(

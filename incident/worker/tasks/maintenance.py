@@ -50,14 +50,20 @@ def resolve_stale_incidents() -> int | None:
 
 @app.task(name="incident.maintenance.rotate_logs", acks_late=False,
           time_limit=SHORT_TIME_LIMIT)
-def rotate_logs() -> int | None:
+def rotate_logs(*, oversized_only: bool = False) -> int | None:
+    """Every ``log_rotation.every``; with ``oversized_only``, the size check beat runs often."""
     ctx = context()
     log_dir = ctx.settings.log_dir
     if log_dir is None:
         return None
     policy = ctx.rules.maintenance.log_rotation
-    report = run_once(ctx.redis, "rotate-logs", lambda: rotate_log_files(log_dir, policy),
-                      timeout=SHORT_TIME_LIMIT, min_gap=30)
+    # Separate locks: a size check just done must not hold off the periodic rotation.
+    job, gap = ("rotate-oversized-logs", 10) if oversized_only else ("rotate-logs", 30)
+    report = run_once(
+        ctx.redis, job,
+        lambda: rotate_log_files(log_dir, policy, oversized_only=oversized_only),
+        timeout=SHORT_TIME_LIMIT, min_gap=gap,
+    )
     return report.rotated if report else None
 
 
