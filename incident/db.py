@@ -33,6 +33,9 @@ _SESSION_OPTIONS = "-c lock_timeout=10s -c statement_timeout=60s"
 def engine_for(url: str) -> Engine:
     return create_engine(
         url,
+        # A failed statement's error would otherwise quote its parameters (label
+        # values, payload text) into logs, Flower and dead letters.
+        hide_parameters=True,
         pool_pre_ping=True,
         pool_size=5,
         max_overflow=5,

@@ -73,9 +73,11 @@ class SecretScrubber:
         # Within a bearer token or a URL password a known secret is tried first,
         # so a secret holding a delimiter is still redacted whole.
         bearer = rf"(?P<bearer>\b(?i:bearer)\s+)(?:{known}[^\s'\",;\\]+)"
+        # Bounded runs: a label value of 16 KiB reaches log lines, and unbounded
+        # ones would make each line cost time quadratic in its length.
         url_password = (
-            rf"(?P<userinfo>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'\"]*:)"
-            rf"(?:{known}[^\s/?#'\"]+)(?=@)"
+            rf"(?P<userinfo>\b[A-Za-z][A-Za-z0-9+.-]{{0,31}}://[^\s/?#@:'\"]{{0,256}}:)"
+            rf"(?:{known}[^\s/?#'\"]{{1,256}})(?=@)"
         )
         alternatives = [bearer, url_password] + ([literal] if literal else [])
         self._pattern = re.compile("|".join(alternatives))

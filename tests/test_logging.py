@@ -450,3 +450,19 @@ def test_beat_writes_beat_log_and_follows_a_rotation(incident_environment, redis
 
     assert "beat: Starting..." in events(rotated)
     assert {r["pid"] for r in json_lines(rotated) + json_lines(live)} == {beat.proc.pid}
+
+
+def test_scrubbing_a_long_hostile_value_takes_linear_time():
+    """Label values of up to 16 KiB each reach log lines, several to a line; shapes
+    that made the URL pattern backtrack quadratically (0.3–1.3 s for 16 KiB,
+    about 5 s for 64 KiB) must cost milliseconds."""
+    import time
+
+    from incident.logging import SecretScrubber
+
+    scrubber = SecretScrubber(["s3cret-token"])
+    for hostile in ("a-" * 32768, "x://y:" * 10922, "a://" + "b" * 65532):
+        started = time.perf_counter()
+        scrubber.scrub(hostile)
+        assert time.perf_counter() - started < 0.5, hostile[:20]
+    assert scrubber.scrub("postgres://u:pw@h/db") == "postgres://u:***@h/db"
