@@ -15,6 +15,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
+from incident.incidents.grouping import MAX_ALERTS_PER_INCIDENT
 from tests.conftest import WorkerProcess, wait_for
 from tests.factories import alert
 from tests.faults.conftest import BeatProcess
@@ -126,13 +127,19 @@ def test_rows_waiting_behind_a_stalled_notify_queue_are_enqueued_once(
     try:
         worker.wait_ready()
         rows = 2000
-        # A SEV3 opening (its Slack parent), then 1,999 more alerts in its group
-        # (a thread reply each): 2,000 rows, none urgent, all on `notify`.
-        firing = [alert(severity="warning", instance=f"i{n}") for n in range(rows)]
+        # Two SEV3 openings (a Slack parent each), then 999 more alerts in each
+        # group (a thread reply each; an incident keeps at most 1,000 alerts):
+        # 2,000 rows, none urgent, all on `notify`.
+        per_group = MAX_ALERTS_PER_INCIDENT
         with httpx.Client() as client:
-            post(notifying_api, payload(firing[0]), client)
-            wait_for(lambda: ledger_rows() == 1, timeout=60, interval=0.2, what="the opening")
-            post(notifying_api, payload(*firing), client)
+            for group in ("api", "db"):
+                firing = [alert(severity="warning", instance=f"{group}{n}", service=group)
+                          for n in range(per_group)]
+                told = ledger_rows()
+                post(notifying_api, payload(firing[0], group=group), client)
+                wait_for(lambda told=told: ledger_rows() == told + 1, timeout=60, interval=0.2,
+                         what="the opening")
+                post(notifying_api, payload(*firing, group=group), client)
 
         wait_for(lambda: ledger_rows() == rows, timeout=120, interval=0.5, what="2,000 rows")
         with database.begin() as conn:
