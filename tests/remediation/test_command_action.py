@@ -40,12 +40,21 @@ def run(argv: list[str], labels: dict[str, str] | None = None, **settings: Any) 
     return perform(rule, make_context(rule, labels))
 
 
-def gone(pid: int) -> bool:
-    # With no init reaping orphans, a killed child may linger as a zombie.
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+def gone(pid: int, within: float = 2.0) -> bool:
+    """The process is dead within a moment: SIGKILL is delivered asynchronously.
+
+    With no init reaping orphans, a killed child may linger as a zombie.
+    """
+    ends = time.monotonic() + within
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= ends:
+            return False
+        time.sleep(0.02)
 
 
 class TestRunning:
