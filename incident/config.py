@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     slack_api_url: str = "https://slack.com/api/"
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_events_url: str = "https://events.pagerduty.com"
+    # Turns on the Slack buttons and POST /slack/interactions.
+    slack_signing_secret: SecretStr | None = None
+    # Turns on POST /webhooks/pagerduty (V3 webhook subscription secret).
+    pagerduty_webhook_secret: SecretStr | None = None
+    # REST API key and base URL for `incident pagerduty subscribe`.
+    pagerduty_api_key: SecretStr | None = None
+    pagerduty_api_url: str = "https://api.pagerduty.com"
+    # Alertmanager base URL(s), comma-separated for an HA cluster, tried in order.
+    alertmanager_url: str | None = None
 
     log_dir: Path | None = None
     log_format: Literal["json", "console"] = "json"
@@ -85,6 +94,12 @@ class Settings(BaseSettings):
             "shared state (locks, breakers, rate limits) needs Redis"
         )
 
+    @property
+    def alertmanager_urls(self) -> list[str]:
+        """The Alertmanager URLs for silences, in the order they are tried."""
+        return [url.strip().rstrip("/") for url in (self.alertmanager_url or "").split(",")
+                if url.strip()]
+
     def check_receiver_auth(self) -> None:
         """Refuse to serve unauthenticated unless the operator said so explicitly."""
         if self.dev_mode:
@@ -108,6 +123,9 @@ class Settings(BaseSettings):
             self.metrics_token,
             self.slack_bot_token,
             self.pagerduty_routing_key,
+            self.slack_signing_secret,
+            self.pagerduty_webhook_secret,
+            self.pagerduty_api_key,
         )
         return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
 

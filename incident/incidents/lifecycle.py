@@ -41,7 +41,13 @@ class Actor:
 ALERTMANAGER = Actor("alertmanager")
 API = Actor("api")
 STALE = Actor("stale")
+MAINTENANCE = Actor("maintenance")
 SYSTEM = Actor("system")
+# People, with their id and name where they act: Actor(SLACK, "U024BE7LH", "alice"),
+# Actor(PAGERDUTY, agent id, agent summary), Actor(WEB, e-mail, e-mail).
+SLACK = "slack"
+PAGERDUTY = "pagerduty"
+WEB = "web"
 
 
 class TransitionNotAllowed(RuntimeError):
@@ -108,8 +114,8 @@ class Lifecycle:
 
     def reopen(self, incident: Incident, actor: Actor, *, severity: Severity) -> TimelineEntry:
         incident.status = IncidentStatus.TRIGGERED
-        incident.resolved_at = None
-        incident.acknowledged_at = None
+        incident.resolved_at = incident.acknowledged_at = None
+        incident.resolved_by = incident.acknowledged_by = None
         incident.severity = severity
         return self._record(incident, TimelineKind.REOPENED, actor, severity=severity.value)
 
@@ -135,12 +141,14 @@ class Lifecycle:
         self._require(incident, TimelineKind.ACKNOWLEDGED)
         incident.status = IncidentStatus.ACKNOWLEDGED
         incident.acknowledged_at = self.now
+        incident.acknowledged_by = actor.detail()
         return self._record(incident, TimelineKind.ACKNOWLEDGED, actor, **_note(note))
 
     def unacknowledge(self, incident: Incident, actor: Actor, *, note: str | None = None) -> TimelineEntry:
         self._require(incident, TimelineKind.UNACKNOWLEDGED)
         incident.status = IncidentStatus.TRIGGERED
         incident.acknowledged_at = None
+        incident.acknowledged_by = None
         return self._record(incident, TimelineKind.UNACKNOWLEDGED, actor, **_note(note))
 
     def resolve(self, incident: Incident, actor: Actor, *, note: str | None = None,
@@ -148,6 +156,7 @@ class Lifecycle:
         self._require(incident, TimelineKind.RESOLVED)
         incident.status = IncidentStatus.RESOLVED
         incident.resolved_at = self.now
+        incident.resolved_by = actor.detail()
         return self._record(incident, TimelineKind.RESOLVED, actor, **_note(note), **detail)
 
     def escalate(self, incident: Incident, actor: Actor, *, reason: str, **detail: Any) -> TimelineEntry:

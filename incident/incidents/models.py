@@ -47,6 +47,9 @@ class TimelineKind(StrEnum):
     FLAPPING = "flapping"
     SETTLED = "settled"
     ESCALATED = "escalated"
+    SILENCED = "silenced"
+    UNSILENCED = "unsilenced"
+    MAINTENANCE = "maintenance"
     NOTE = "note"
 
 
@@ -110,6 +113,10 @@ class Incident(Base):
     updated_at: Mapped[datetime] = _timestamp()
     acknowledged_at: Mapped[datetime | None] = _timestamp()
     resolved_at: Mapped[datetime | None] = _timestamp()
+    # Who acknowledged or resolved it, for the current state: the actor's
+    # ``by``/``user``/``name`` (see lifecycle.Actor), or null.
+    acknowledged_by: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    resolved_by: Mapped[dict[str, str] | None] = mapped_column(JSONB)
 
     alerts: Mapped[list[Alert]] = relationship(
         back_populates="incident", order_by="Alert.id", cascade="all, delete-orphan",

@@ -57,6 +57,14 @@ class NotificationOut(_Out):
         return "pending" if status in ("sending", "digested") else status
 
 
+class ActorOut(_Out):
+    """Who made a change: where from (``by``), with their id and name there where known."""
+
+    by: str
+    user: str | None = None
+    name: str | None = None
+
+
 class IncidentOut(_Out):
     id: int
     key: str
@@ -69,6 +77,8 @@ class IncidentOut(_Out):
     acknowledged_at: datetime | None
     resolved_at: datetime | None
     labels: dict[str, str]
+    acknowledged_by: ActorOut | None
+    resolved_by: ActorOut | None
     # The first alerts and timeline entries (all of them for most incidents);
     # a ``*_next_cursor`` says there are more, read through the paged routes.
     alerts: list[AlertOut]
@@ -100,7 +110,7 @@ class IncidentOut(_Out):
 # Read from the incident row itself (and the relationships the caller loaded).
 _FROM_ROW = (
     "id", "key", "title", "summary", "severity", "status", "flapping", "created_at",
-    "acknowledged_at", "resolved_at", "labels", "alerts_dropped", "remediations",
+    "acknowledged_at", "resolved_at", "acknowledged_by", "resolved_by", "labels", "alerts_dropped", "remediations",
     "notifications",
 )
 

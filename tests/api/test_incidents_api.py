@@ -15,7 +15,7 @@ from tests.factories import T0, alert, payload
 RULES = load_rules(None)
 INCIDENT_KEYS = {
     "id", "key", "title", "summary", "severity", "status", "flapping", "created_at",
-    "acknowledged_at", "resolved_at", "labels", "alerts", "timeline", "remediations",
+    "acknowledged_at", "resolved_at", "acknowledged_by", "resolved_by", "labels", "alerts", "timeline", "remediations",
     "notifications",
     # Beyond INTERFACE's shape: how much there is, for incidents too large to show whole.
     "alerts_total", "alerts_next_cursor", "alerts_dropped", "timeline_total",
@@ -124,6 +124,8 @@ def test_acknowledge_then_resolve_by_hand(client, api_headers):
     assert acked.status_code == 200
     assert acked.json()["status"] == "acknowledged"
     assert acked.json()["acknowledged_at"] is not None
+    assert acked.json()["acknowledged_by"] == {"by": "api", "user": None, "name": None}
+    assert acked.json()["resolved_by"] is None
     assert acked.json()["timeline"][-1] == {
         "at": acked.json()["acknowledged_at"], "kind": "acknowledged",
         "detail": {"by": "api", "note": "on it"},
@@ -133,6 +135,7 @@ def test_acknowledge_then_resolve_by_hand(client, api_headers):
     resolved = client.post(f"/api/incidents/{incident_id}/resolve", headers=api_headers, content=b"{}")
     assert resolved.status_code == 200
     assert resolved.json()["status"] == "resolved"
+    assert resolved.json()["resolved_by"] == {"by": "api", "user": None, "name": None}
     again = client.post(f"/api/incidents/{incident_id}/resolve", headers=api_headers)
     assert again.status_code == 409
     assert "resolved" in again.json()["error"]
