@@ -2,7 +2,7 @@
 
 from incident.incidents.models import Alert, AlertGroup, Incident, TimelineEntry
 from incident.incidents.outbox import OutboxMessage
-from incident.notifications.models import EscalationTimer, Notification
+from incident.notifications.models import EscalationTimer, Notification, PagerDutyEvent
 from incident.remediation.models import RemediationRun
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "Incident",
     "Notification",
     "OutboxMessage",
+    "PagerDutyEvent",
     "RemediationRun",
     "TimelineEntry",
 ]

@@ -118,6 +118,12 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pagerduty_subscribe(args: argparse.Namespace) -> int:
+    from incident.cli import pagerduty
+
+    return pagerduty.subscribe(get_settings(), args.service)
+
+
 def _backup(args: argparse.Namespace) -> int:
     from incident.logging import configure_logging
     from incident.maintenance import backup_commands
@@ -189,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("payload", type=Path)
     test.add_argument("--json", action="store_true", help="print JSON instead of text")
     test.set_defaults(run=_rules_test)
+
+    pd = sub.add_parser("pagerduty", help="connect PagerDuty back to incident")
+    pd_sub = pd.add_subparsers(dest="pagerduty_command", required=True, metavar="COMMAND")
+    pd_subscribe = pd_sub.add_parser(
+        "subscribe",
+        help="create a V3 webhook subscription for a service (INCIDENT_PAGERDUTY_API_KEY) "
+        "and print its secret",
+    )
+    pd_subscribe.add_argument("--service", required=True, metavar="ID",
+                              help="the PagerDuty service's id (P…)")
+    pd_subscribe.set_defaults(run=_pagerduty_subscribe)
 
     backup = sub.add_parser("backup", help="make a database backup, or verify the newest, now")
     backup_sub = backup.add_subparsers(dest="backup_command", required=True, metavar="COMMAND")

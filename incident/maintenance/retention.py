@@ -21,7 +21,8 @@ from incident import keys
 from incident.incidents.repeats import repeat_key
 from incident.incidents.models import Alert, AlertGroup, Incident, IncidentStatus, TimelineEntry
 from incident.incidents.outbox import OutboxMessage
-from incident.notifications.models import EscalationTimer, Notification
+from incident.notifications.models import EscalationTimer, Notification, PagerDutyEvent
+from incident.notifications.pagerduty_events import EVENT_IDS_KEPT
 from incident.remediation.models import RemediationRun
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,7 @@ _CHILDREN = (
     ("notifications", Notification),
     ("escalation_timers", EscalationTimer),
     ("remediation_runs", RemediationRun),
+    ("pagerduty_events", PagerDutyEvent),
 )
 
 
@@ -43,6 +45,7 @@ class PurgeReport:
     groups: int = 0
     batches: int = 0
     outbox: int = 0
+    pagerduty_event_ids: int = 0
     children: dict[str, int] = field(default_factory=lambda: {name: 0 for name, _ in _CHILDREN})
 
     def as_log(self) -> dict:
@@ -61,6 +64,7 @@ def purge_resolved(
         if client is not None:
             _forget_groups(client, hashes)
     report.outbox = _purge_relayed(now - OUTBOX_KEPT)
+    report.pagerduty_event_ids = _purge_event_ids(now - EVENT_IDS_KEPT)
     log.info("purged resolved incidents", retention=str(retention), **report.as_log())
     return report
 
@@ -70,6 +74,14 @@ def _purge_relayed(before: datetime) -> int:
     with session_scope() as session:
         return session.execute(
             delete(OutboxMessage).where(OutboxMessage.relayed_at < before)
+        ).rowcount
+
+
+def _purge_event_ids(before: datetime) -> int:
+    """PagerDuty event ids kept to refuse redeliveries: long past any retry now."""
+    with session_scope() as session:
+        return session.execute(
+            delete(PagerDutyEvent).where(PagerDutyEvent.received_at < before)
         ).rowcount
 
 

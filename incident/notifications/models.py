@@ -113,3 +113,23 @@ class EscalationTimer(Base):
 
 # Seen from an incident, for the API; declared here so that incidents need not know us.
 Incident.notifications = relationship(Notification, order_by=Notification.id, viewonly=True)
+
+
+class PagerDutyEvent(Base):
+    """A PagerDuty V3 webhook event applied to one of our incidents.
+
+    PagerDuty retries a delivery it did not see answered, so the event id is the
+    key: the row is inserted in the transaction that applies the event, and a
+    second delivery finds it there. It also remembers which PagerDuty incident
+    is ours, for events (notes) that name only PagerDuty's incident id.
+    """
+
+    __tablename__ = "pagerduty_events"
+
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    pagerduty_incident_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("incidents.id", ondelete="CASCADE"), index=True
+    )
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -3,7 +3,8 @@
 Slack keeps one parent message per incident, edited as status and severity
 change, with every later event as a reply in its thread. PagerDuty gets one
 trigger per opening (dedup_key = the incident key), then acknowledge and
-resolve. A flapping incident stops paging until it settles. With neither
+resolve. A flapping incident stops paging until it settles. What PagerDuty
+itself told us (``by: pagerduty``) is never sent back to it. With neither
 Slack nor PagerDuty configured, everything goes to the console notifier.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from incident.config import Settings
+from incident.incidents.lifecycle import PAGERDUTY
 from incident.incidents.models import TimelineKind
 from incident.notifications.models import Action, Channel
 from incident.rules import Severity
@@ -24,6 +26,7 @@ EDITS_PARENT = {
     TimelineKind.REOPENED,
     TimelineKind.SEVERITY_CHANGED,
     TimelineKind.ACKNOWLEDGED,
+    TimelineKind.UNACKNOWLEDGED,
     TimelineKind.RESOLVED,
     TimelineKind.FLAPPING,
     TimelineKind.SETTLED,
@@ -103,7 +106,7 @@ def plan(
                     priority=urgent and kind in _OPENINGS | {TimelineKind.ESCALATED},
                 )
             )
-    if channels.pagerduty:
+    if channels.pagerduty and detail.get("by") != PAGERDUTY:
         planned.extend(_pagerduty(kind, incident, policy))
     return planned
 
@@ -145,13 +148,18 @@ def describe(kind: TimelineKind, detail: dict[str, Any]) -> str:
         case TimelineKind.SEVERITY_CHANGED:
             return f"Severity raised from {detail.get('from')} to {detail.get('to')}"
         case TimelineKind.ACKNOWLEDGED:
-            return "Acknowledged" + _note(detail)
+            return "Acknowledged" + _in_pagerduty(detail) + _note(detail)
+        case TimelineKind.UNACKNOWLEDGED:
+            return "Unacknowledged" + _in_pagerduty(detail) + ": paging resumes" + _note(detail)
         case TimelineKind.RESOLVED:
             by = {
                 "api": "by hand",
                 "stale": f"stale: not re-sent by Alertmanager for {detail.get('stale_after')}",
+                PAGERDUTY: "in PagerDuty" + _who(detail),
             }.get(detail.get("by"), "all alerts resolved")
             return f"Resolved ({by})" + _note(detail)
+        case TimelineKind.NOTE:
+            return f"Note{_who(detail)}: {detail.get('note', '')}"
         case TimelineKind.FLAPPING:
             return "Flapping: paging paused until it settles"
         case TimelineKind.SETTLED:
@@ -170,6 +178,15 @@ def _remediation_line(detail: dict[str, Any]) -> str:
     status = str(detail.get("status", "?")).replace("_", " ")
     error = f": {detail['error']}" if detail.get("error") else ""
     return f"Remediation {detail.get('name', '?')} {status}{tries}{error}"
+
+
+def _who(detail: dict[str, Any]) -> str:
+    name = detail.get("name") or detail.get("user")
+    return f" by {name}" if name else ""
+
+
+def _in_pagerduty(detail: dict[str, Any]) -> str:
+    return " in PagerDuty" + _who(detail) if detail.get("by") == PAGERDUTY else ""
 
 
 def _note(detail: dict[str, Any]) -> str:

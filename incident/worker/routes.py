@@ -17,6 +17,8 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "incident.notifications.flush_slack_digest": {"queue": PAGE},
     "incident.notifications.fire_escalations": {"queue": PAGE},
     "incident.notifications.sweep_undelivered": {"queue": MAINTENANCE},
+    # An acknowledgement in PagerDuty stops escalations: it must not wait behind a storm.
+    "incident.notifications.apply_pagerduty_event": {"queue": PAGE},
     "incident.remediation.run": {"queue": REMEDIATE},
     "incident.remediation.sweep": {"queue": MAINTENANCE},
     "incident.maintenance.purge_resolved": {"queue": MAINTENANCE},

@@ -1,4 +1,5 @@
-"""A fake PagerDuty Events API v2 over HTTPS, for the real python-pagerduty client.
+"""A fake PagerDuty Events API v2, and the few REST API v2 routes we use (a
+service, webhook subscriptions), over HTTPS, for the real python-pagerduty clients.
 
 The client insists on an https:// base URL, so the fake serves TLS with a
 certificate from a throwaway CA (``trustme``); ``ca_path`` is that CA as a PEM
@@ -20,18 +21,32 @@ import trustme
 from tests.fakes.http_server import FakeHTTPService, Reply, ScriptedFailure
 
 DEFAULT_ROUTING_KEY = "R0UTINGKEYFAKE00000000000000A1B2"
+DEFAULT_API_KEY = "u+FAKEAPIKEY0000000a"
+WEBHOOK_EVENT_TYPES = (
+    "incident.acknowledged", "incident.annotated", "incident.delegated", "incident.escalated",
+    "incident.priority_updated", "incident.reassigned", "incident.reopened", "incident.resolved",
+    "incident.responder.added", "incident.responder.replied",
+    "incident.status_update_published", "incident.triggered", "incident.unacknowledged",
+    "service.created", "service.deleted", "service.updated",
+)
 ACTIONS = ("trigger", "acknowledge", "resolve")
 SEVERITIES = ("critical", "error", "warning", "info")
 MAX_EVENT_BYTES = 512 * 1024
 
 
 class FakePagerDuty(FakeHTTPService):
-    def __init__(self, *, routing_key: str = DEFAULT_ROUTING_KEY) -> None:
+    def __init__(
+        self, *, routing_key: str = DEFAULT_ROUTING_KEY, api_key: str = DEFAULT_API_KEY,
+        services: dict[str, str] | None = None,
+    ) -> None:
         self.ca = trustme.CA()
         server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
         super().__init__(tls=server_context)
         self.routing_key = routing_key
+        self.api_key = api_key
+        self.services = services if services is not None else {"PSVC001": "Checkout API"}
+        self.subscriptions: list[dict[str, Any]] = []
         self._events: list[dict[str, Any]] = []
         self._directory: Path | None = None
 
@@ -88,6 +103,8 @@ class FakePagerDuty(FakeHTTPService):
         return _invalid(failure.error or "Event object is invalid", status=status)
 
     def handle(self, method: str, body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        if method.startswith("/services/") or method == "/webhook_subscriptions":
+            return self._rest(method, body, headers)
         if method != "/v2/enqueue":
             return Reply(404, {"status": "error", "message": "Not found"})
         if "_unparsable" in body:
@@ -102,6 +119,67 @@ class FakePagerDuty(FakeHTTPService):
         return Reply(
             202, {"status": "success", "message": "Event processed", "dedup_key": dedup_key}
         )
+
+
+    # --- REST API v2 ------------------------------------------------------
+
+    def _rest(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        if headers.get("authorization") != f"Token token={self.api_key}":
+            return _rest_error(401, "Authentication Required", code=2006)
+        if "application/vnd.pagerduty+json;version=2" not in headers.get("accept", ""):
+            return _rest_error(406, "Not Acceptable: the Accept header must ask for version 2")
+        if path.startswith("/services/"):
+            service_id = path.removeprefix("/services/")
+            if service_id not in self.services:
+                return _rest_error(404, "Not Found", code=2100)
+            return Reply(200, {"service": {"id": service_id, "type": "service",
+                                           "name": self.services[service_id],
+                                           "summary": self.services[service_id]}})
+        problems = _subscription_problems(body, self.services)
+        if problems:
+            return _rest_error(400, "Invalid Input Provided", code=2001, errors=problems)
+        subscription = {
+            **body["webhook_subscription"],
+            "id": f"PWHS{len(self.subscriptions) + 1:03d}",
+            "active": True,
+        }
+        subscription["delivery_method"] = {
+            **subscription["delivery_method"],
+            "id": f"PDM{len(self.subscriptions) + 1:03d}",
+            "secret": uuid.uuid4().hex + uuid.uuid4().hex,
+            "temporarily_disabled": False,
+        }
+        self.subscriptions.append(subscription)
+        return Reply(201, {"webhook_subscription": subscription})
+
+
+def _subscription_problems(body: dict[str, Any], services: dict[str, str]) -> list[str]:
+    subscription = body.get("webhook_subscription")
+    if not isinstance(subscription, dict):
+        return ["webhook_subscription is required"]
+    problems = []
+    if subscription.get("type") != "webhook_subscription":
+        problems.append("type must be webhook_subscription")
+    delivery = subscription.get("delivery_method") or {}
+    if delivery.get("type") != "http_delivery_method":
+        problems.append("delivery_method.type must be http_delivery_method")
+    if not str(delivery.get("url", "")).startswith(("http://", "https://")):
+        problems.append("delivery_method.url must be an http(s) URL")
+    events = subscription.get("events")
+    if not isinstance(events, list) or not events:
+        problems.append("events must be a non-empty list")
+    else:
+        problems += [f"unknown event type {e!r}" for e in events if e not in WEBHOOK_EVENT_TYPES]
+    filter_ = subscription.get("filter") or {}
+    if filter_.get("type") not in ("service_reference", "team_reference", "account_reference"):
+        problems.append("filter.type is invalid")
+    elif filter_.get("type") == "service_reference" and filter_.get("id") not in services:
+        problems.append("filter.id is not a service")
+    return problems
+
+
+def _rest_error(status: int, message: str, *, code: int = 0, errors: list[str] | None = None) -> Reply:
+    return Reply(status, {"error": {"message": message, "code": code, "errors": errors or []}})
 
 
 def _problems(event: dict[str, Any], routing_key: str) -> list[str]:

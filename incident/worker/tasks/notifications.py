@@ -1,4 +1,5 @@
-"""Notifications: delivering ledger rows, Slack digests, escalation timers, the sweeper."""
+"""Notifications: delivering ledger rows, Slack digests, escalation timers, the sweeper,
+and PagerDuty's webhook events coming back."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from incident.notifications import delivery, sweeper
 from incident.notifications.digest import FLUSH_TASK, RetryFlush
 from incident.notifications.ledger import DELIVER_TASK
 from incident.notifications.notifiers import NotConfigured
+from incident.notifications.pagerduty_events import APPLY_TASK, apply_event
 from incident.worker.app import app
 from incident.worker.tasks import context
 
@@ -115,3 +117,10 @@ def sweep_undelivered() -> int | None:
     ctx = context()
     return run_once(ctx.redis, "sweep-undelivered",
                     lambda: sweeper.sweep_undelivered(ctx.notifiers.digests), timeout=60)
+
+
+@app.task(name=APPLY_TASK, autoretry_for=(OperationalError,), max_retries=10,
+          retry_backoff=2, retry_backoff_max=60, retry_jitter=True, time_limit=60)
+def apply_pagerduty_event(*, event: dict) -> str:
+    """Safe to run twice: the event id's row decides who applies it."""
+    return apply_event(event, events=context().events).value
