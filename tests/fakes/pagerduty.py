@@ -9,6 +9,8 @@ PagerDuty documents them, so a malformed event fails here as it would there.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import shutil
 import ssl
 import tempfile
@@ -215,3 +217,73 @@ def _invalid(*errors: str, status: int = 400) -> Reply:
         status,
         {"status": "invalid event", "message": "Event object is invalid", "errors": list(errors)},
     )
+
+
+# --- V3 webhooks, as PagerDuty sends them back -------------------------------
+
+WEBHOOK_SECRET = "pd-webhook-secret-0b5d1f2e8c"
+
+
+def signature(body: bytes, secret: str = WEBHOOK_SECRET) -> str:
+    """``X-PagerDuty-Signature``'s value: ``v1=`` + hex HMAC-SHA256 of the raw body."""
+    return "v1=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signed_headers(body: bytes, *secrets: str) -> dict[str, str]:
+    """Headers of a delivery; several secrets while one is being rotated."""
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": "PagerDuty-Webhook/V3.0",
+        "X-Webhook-Id": uuid.uuid4().hex,
+        "X-PagerDuty-Signature": ",".join(signature(body, s) for s in secrets or (WEBHOOK_SECRET,)),
+    }
+
+
+AGENT = {"id": "PAGENT1", "summary": "Alice Oncall", "type": "user_reference",
+         "self": "https://api.pagerduty.com/users/PAGENT1",
+         "html_url": "https://acme.pagerduty.com/users/PAGENT1"}
+
+
+def incident_data(incident_key: str, *, pagerduty_id: str = "PINC001", status: str = "triggered",
+                  assignees: tuple[str, ...] = ("Alice Oncall",),
+                  policy: str = "Checkout on-call") -> dict[str, Any]:
+    """``event.data`` of an incident event: PagerDuty's incident, with our key."""
+    return {
+        "id": pagerduty_id, "type": "incident", "number": 42, "status": status,
+        "self": f"https://api.pagerduty.com/incidents/{pagerduty_id}",
+        "html_url": f"https://acme.pagerduty.com/incidents/{pagerduty_id}",
+        "incident_key": incident_key, "title": "HighErrorRate api", "urgency": "high",
+        "created_at": "2026-11-22T03:00:05Z",
+        "service": {"id": "PSVC001", "summary": "Checkout API", "type": "service_reference"},
+        "assignees": [
+            {"id": f"PUSER{n}", "summary": name, "type": "user_reference"}
+            for n, name in enumerate(assignees)
+        ],
+        "escalation_policy": {"id": "PPOL001", "summary": policy,
+                              "type": "escalation_policy_reference"},
+        "teams": [], "priority": None, "resolve_reason": None,
+    }
+
+
+def note_data(content: str, *, pagerduty_id: str = "PINC001") -> dict[str, Any]:
+    """``event.data`` of ``incident.annotated``: the note, naming only PagerDuty's incident."""
+    return {
+        "id": "PNOTE01", "type": "incident_note", "content": content, "trimmed": False,
+        "incident": {"id": pagerduty_id, "type": "incident_reference",
+                     "summary": "HighErrorRate api",
+                     "self": f"https://api.pagerduty.com/incidents/{pagerduty_id}"},
+    }
+
+
+def webhook(event_type: str, data: dict[str, Any] | None, *, event_id: str | None = None,
+            agent: dict[str, Any] | None = AGENT) -> dict[str, Any]:
+    """A V3 webhook body: one event."""
+    return {"event": {
+        "id": event_id or uuid.uuid4().hex,
+        "event_type": event_type,
+        "resource_type": "incident" if event_type.startswith("incident.") else "pagey",
+        "occurred_at": "2026-11-22T03:05:00.000Z",
+        "agent": agent,
+        "client": {"name": "PagerDuty"},
+        "data": data,
+    }}
