@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from incident.api.errors import error_response, error_responses, validation_fields
 from incident.api.webhooks import PayloadTooLarge, _read_bounded
-from incident.notifications.pagerduty_events import APPLY_TASK, Event, Webhook
+from incident.notifications.pagerduty_events import APPLY_TASK, Envelope, Event, Webhook
 from incident.queues import PAGE
 from incident.worker.app import app as celery_app
 
@@ -101,15 +101,15 @@ async def receive_pagerduty(request: Request) -> JSONResponse:
     except orjson.JSONDecodeError as exc:
         return error_response(400, f"body is not valid JSON: {exc}")
     try:
+        head = Envelope.model_validate(raw).event
+        structlog.contextvars.bind_contextvars(**head.summary())
+        if not head.handled:
+            log.info("pagerduty event of a type we do not act on, ignored")
+            return JSONResponse({"status": "ignored", "event_type": head.event_type},
+                                status_code=200)
         event = Webhook.model_validate(raw).event
     except ValidationError as exc:
-        return error_response(
-            422, "not a PagerDuty V3 webhook", fields=validation_fields(exc)
-        )
-    structlog.contextvars.bind_contextvars(**event.summary())
-    if not event.handled:
-        log.info("pagerduty event of a type we do not act on, ignored")
-        return JSONResponse({"status": "ignored", "event_type": event.event_type}, status_code=200)
+        return error_response(422, "not a PagerDuty V3 webhook", fields=validation_fields(exc))
     try:
         await run_in_threadpool(_enqueue, event)
     except (BrokerUnavailable, OSError) as exc:

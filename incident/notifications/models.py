@@ -128,7 +128,7 @@ class PagerDutyEvent(Base):
 
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     event_type: Mapped[str] = mapped_column(String(64))
-    pagerduty_incident_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    pagerduty_incident_id: Mapped[str | None] = mapped_column(String(255), index=True)
     incident_id: Mapped[int] = mapped_column(
         ForeignKey("incidents.id", ondelete="CASCADE"), index=True
     )

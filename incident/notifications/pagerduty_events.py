@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from incident.alerts.schemas import Text
 from incident.db import session_scope
 from incident.incidents.events import NO_SUBSCRIBERS, EventBus
 from incident.incidents.lifecycle import PAGERDUTY, Actor, Lifecycle, TransitionNotAllowed
@@ -59,33 +60,42 @@ class _Lenient(BaseModel):
 
 
 class Reference(_Lenient):
-    id: str | None = Field(default=None, max_length=255)
-    summary: str | None = Field(default=None, max_length=1024)
-    type: str | None = Field(default=None, max_length=255)
+    id: Text | None = Field(default=None, max_length=255)
+    summary: Text | None = Field(default=None, max_length=1024)
+    type: Text | None = Field(default=None, max_length=255)
 
 
 class EventData(_Lenient):
-    id: str | None = Field(default=None, max_length=255)
-    type: str | None = Field(default=None, max_length=255)
-    incident_key: str | None = Field(default=None, max_length=255)
+    id: Text | None = Field(default=None, max_length=255)
+    type: Text | None = Field(default=None, max_length=255)
+    incident_key: Text | None = Field(default=None, max_length=255)
     # An incident_note's incident, and its text.
     incident: Reference | None = None
-    content: str | None = Field(default=None, max_length=65_536)
+    content: Text | None = Field(default=None, max_length=65_536)
     assignees: list[Reference] = Field(default_factory=list, max_length=100)
     escalation_policy: Reference | None = None
 
 
-class Event(_Lenient):
-    id: str = Field(min_length=1, max_length=255)
-    event_type: str = Field(min_length=1, max_length=255)
-    resource_type: str | None = Field(default=None, max_length=255)
-    occurred_at: str | None = Field(default=None, max_length=64)
-    agent: Reference | None = None
-    data: EventData | None = None
+class Head(_Lenient):
+    """What every event has, whatever its type."""
+
+    id: Text = Field(min_length=1, max_length=255)
+    event_type: Text = Field(min_length=1, max_length=255)
 
     @property
     def handled(self) -> bool:
         return self.event_type in SUBSCRIBED
+
+    def summary(self) -> dict[str, str]:
+        """What may be shown of it (logs, Flower): never its content."""
+        return {"event_id": self.id, "event_type": self.event_type}
+
+
+class Event(Head):
+    resource_type: Text | None = Field(default=None, max_length=255)
+    occurred_at: Text | None = Field(default=None, max_length=64)
+    agent: Reference | None = None
+    data: EventData | None = None
 
     @property
     def pagerduty_incident_id(self) -> str | None:
@@ -100,13 +110,16 @@ class Event(_Lenient):
         agent = self.agent or Reference()
         return Actor(PAGERDUTY, agent.id, agent.summary)
 
-    def summary(self) -> dict[str, str]:
-        """What may be shown of it (logs, Flower): never its content."""
-        return {"event_id": self.id, "event_type": self.event_type}
+
+class Envelope(_Lenient):
+    """A V3 webhook's body, read only as far as the event's id and type: events we
+    do not act on are not held to the shape of those we do."""
+
+    event: Head
 
 
 class Webhook(_Lenient):
-    """A V3 webhook's body: one event."""
+    """A V3 webhook's body: one event, of a type we act on."""
 
     event: Event
 

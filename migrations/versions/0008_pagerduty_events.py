@@ -18,7 +18,7 @@ def upgrade() -> None:
     op.create_table('pagerduty_events',
     sa.Column('event_id', sa.String(length=255), nullable=False),
     sa.Column('event_type', sa.String(length=64), nullable=False),
-    sa.Column('pagerduty_incident_id', sa.String(length=64), nullable=True),
+    sa.Column('pagerduty_incident_id', sa.String(length=255), nullable=True),
     sa.Column('incident_id', sa.BigInteger(), nullable=False),
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['incident_id'], ['incidents.id'],
