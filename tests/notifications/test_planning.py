@@ -116,3 +116,24 @@ severity:
     planned = plan(TimelineKind.OPENED, {}, state("SEV2", slack_parent=False), policy, BOTH,
                    rules.slack_channel_for({"team": "db"}))
     assert planned[0].target == "db-pager"
+
+
+@pytest.mark.parametrize("kind", [TimelineKind.ACKNOWLEDGED, TimelineKind.RESOLVED,
+                                  TimelineKind.UNACKNOWLEDGED, TimelineKind.NOTE])
+def test_what_pagerduty_told_us_goes_to_slack_but_never_back_to_pagerduty(kind):
+    by_pagerduty = {"by": "pagerduty", "user": "PAGENT1", "name": "Alice"}
+    planned = told(kind, state(paged=True), **by_pagerduty)
+    assert [channel for channel, *_ in planned] == [Channel.SLACK]
+    # The same change from anywhere else does reach PagerDuty.
+    if kind in (TimelineKind.ACKNOWLEDGED, TimelineKind.RESOLVED):
+        assert Channel.PAGERDUTY in [c for c, *_ in told(kind, state(paged=True), by="slack")]
+
+
+def test_changes_from_pagerduty_say_who_made_them_there():
+    alice = {"by": "pagerduty", "user": "PAGENT1", "name": "Alice"}
+    assert describe(TimelineKind.ACKNOWLEDGED, alice) == "Acknowledged in PagerDuty by Alice"
+    assert describe(TimelineKind.RESOLVED, alice) == "Resolved (in PagerDuty by Alice)"
+    assert describe(TimelineKind.UNACKNOWLEDGED, alice) == (
+        "Unacknowledged in PagerDuty by Alice: paging resumes")
+    assert describe(TimelineKind.NOTE, {**alice, "note": "rolling back"}) == (
+        "Note by Alice: rolling back")
