@@ -62,6 +62,10 @@ def _enqueue(event: Event) -> None:
     )
 
 
+_ERRORS = error_responses(400, 401, 404, 413, 422, 503)
+_ERRORS[401]["description"] = f"{SIGNATURE_HEADER} missing, or none of its signatures valid"
+_ERRORS[404]["description"] = "off: INCIDENT_PAGERDUTY_WEBHOOK_SECRET is unset"
+
 _ANSWER_SCHEMA = {
     "type": "object",
     "properties": {"status": {"type": "string"}, "event_type": {"type": "string"}},
@@ -76,7 +80,7 @@ _ANSWER_SCHEMA = {
               "content": {"application/json": {"schema": _ANSWER_SCHEMA}}},
         202: {"description": "queued durably",
               "content": {"application/json": {"schema": _ANSWER_SCHEMA}}},
-        **error_responses(400, 401, 404, 413, 422, 503),
+        **_ERRORS,
     },
     openapi_extra={"requestBody": {
         "required": True,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
+from urllib.parse import urlsplit
 
 from incident.config import ConfigurationError, Settings
 
@@ -20,6 +22,11 @@ def subscribe(settings: Settings, service_id: str) -> int:
             "create webhook subscriptions"
         )
     url = settings.public_url.rstrip("/") + WEBHOOK_PATH
+    if _unreachable_from_outside(url):
+        raise ConfigurationError(
+            f"INCIDENT_PUBLIC_URL is {settings.public_url!r}, which PagerDuty cannot reach: "
+            "set it to the address PagerDuty should deliver webhooks to"
+        )
     try:
         made = create(
             api_key=settings.pagerduty_api_key.get_secret_value(),
@@ -36,3 +43,13 @@ def subscribe(settings: Settings, service_id: str) -> int:
     print("Set this on the api (PagerDuty shows the secret only once):")
     print(f"  INCIDENT_PAGERDUTY_WEBHOOK_SECRET={made.secret}")
     return 0
+
+
+def _unreachable_from_outside(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -85,6 +85,15 @@ def test_without_a_key_it_names_the_setting(fake_pagerduty):
     assert len(fake_pagerduty.requests) == before
 
 
+def test_a_public_url_pagerduty_cannot_reach_is_refused(fake_pagerduty):
+    before = len(fake_pagerduty.requests)
+    done = subscribe(fake_pagerduty, "--service", "PSVC001",
+                     INCIDENT_PUBLIC_URL="http://127.0.0.1:8080")
+    assert done.returncode == 2
+    assert "INCIDENT_PUBLIC_URL" in done.stderr and "cannot reach" in done.stderr
+    assert len(fake_pagerduty.requests) == before
+
+
 def test_the_service_is_required():
     done = subprocess.run([sys.executable, "-m", "incident", "pagerduty", "subscribe"],
                           capture_output=True, text=True, timeout=60)
