@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from incident.api.app import create_app
 from incident.config import Settings, get_settings
+from incident.db import session_scope
+from incident.incidents.models import Incident
 from incident.notifications.pagerduty_events import SUBSCRIBED, Outcome, Webhook, apply_event
 from incident.queues import PAGE
 from tests.fakes.pagerduty import (
@@ -53,12 +55,9 @@ def pagerduty_receiver(incident_environment: dict[str, str]) -> Iterator[TestCli
 
 @pytest.fixture
 def our_key(clean_state, redis_client) -> Iterator[str]:
-    apply_webhook(payload(alert(instance="pd-fuzz")))
-    from incident.db import session_scope
-    from incident.incidents.models import Incident
-
+    incident_id = apply_webhook(payload(alert(instance="pd-fuzz")))
     with session_scope() as session:
-        key = session.query(Incident.key).scalar()
+        key = session.get(Incident, incident_id).key
     yield key
     redis_client.delete(PAGE)  # no worker here: drop what was queued
 
@@ -78,7 +77,7 @@ def v3_events(draw: st.DrawFn, key: str) -> dict[str, Any]:
     event_type = draw(st.sampled_from(EVENT_TYPES))
     data = draw(st.one_of(
         st.just(incident_data(draw(st.sampled_from([key, "unknown", ""])),
-                              pagerduty_id=draw(texts))),
+                              pagerduty_id=draw(st.one_of(texts, st.just("P" * 255))))),
         st.just(note_data(draw(texts), pagerduty_id=draw(st.sampled_from(["PINC001", "P"])))),
         st.dictionaries(st.sampled_from(["incident_key", "id", "type", "incident", "content",
                                          "assignees", "escalation_policy"]),
