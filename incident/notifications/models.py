@@ -132,4 +132,6 @@ class PagerDutyEvent(Base):
     incident_id: Mapped[int] = mapped_column(
         ForeignKey("incidents.id", ondelete="CASCADE"), index=True
     )
+    # When PagerDuty says it happened: a transition older than one already seen is skipped.
+    occurred_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -8,6 +8,11 @@ transition does, by ``Actor(PAGERDUTY, agent id, agent summary)``; escalations,
 reassignments, delegations and notes become ``note`` entries. Each event id
 is applied once: its row is inserted in the same transaction as the change,
 so a redelivery, even a concurrent one, finds it and changes nothing.
+
+PagerDuty sends an incident's events in order, but workers apply them in
+parallel: a transition older (``occurred_at``) than one already seen for the
+incident is recorded and skipped, so an acknowledgement overtaken by its
+unacknowledgement cannot win.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ from enum import StrEnum
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from incident.alerts.schemas import Text
+from incident.alerts.schemas import Text, Timestamp
 from incident.db import session_scope
 from incident.incidents.events import NO_SUBSCRIBERS, EventBus
 from incident.incidents.lifecycle import PAGERDUTY, Actor, Lifecycle, TransitionNotAllowed
@@ -93,7 +98,7 @@ class Head(_Lenient):
 
 class Event(Head):
     resource_type: Text | None = Field(default=None, max_length=255)
-    occurred_at: Text | None = Field(default=None, max_length=64)
+    occurred_at: Timestamp | None = None
     agent: Reference | None = None
     data: EventData | None = None
 
@@ -128,6 +133,7 @@ class Outcome(StrEnum):
     APPLIED = "applied"
     UNCHANGED = "unchanged"  # the transition is not allowed now (already acknowledged…)
     DUPLICATE = "duplicate"
+    OVERTAKEN = "overtaken"  # a later transition of the incident was seen first
     UNKNOWN_INCIDENT = "unknown_incident"
     IGNORED = "ignored"  # a type we do not act on
 
@@ -159,6 +165,8 @@ def apply(
         change = _CHANGES.get(EventType(event.event_type))
         if change is None:
             return Outcome.APPLIED
+        if _overtaken(session, event, incident):
+            return Outcome.OVERTAKEN
         try:
             change(life, incident, event)
         except TransitionNotAllowed as exc:
@@ -195,12 +203,27 @@ def _first_delivery(session: Session, event: Event, incident: Incident, now: dat
             event_type=event.event_type,
             pagerduty_incident_id=event.pagerduty_incident_id,
             incident_id=incident.id,
+            occurred_at=event.occurred_at,
             received_at=now,
         )
         .on_conflict_do_nothing(index_elements=["event_id"])
         .returning(PagerDutyEvent.event_id)
     )
     return inserted is not None
+
+
+_TRANSITIONS = (EventType.ACKNOWLEDGED, EventType.UNACKNOWLEDGED, EventType.RESOLVED)
+
+
+def _overtaken(session: Session, event: Event, incident: Incident) -> bool:
+    """Whether a transition PagerDuty made after this one was already seen."""
+    if event.event_type not in _TRANSITIONS or event.occurred_at is None:
+        return False
+    return bool(session.scalar(select(exists().where(
+        PagerDutyEvent.incident_id == incident.id,
+        PagerDutyEvent.event_type.in_([str(kind) for kind in _TRANSITIONS]),
+        PagerDutyEvent.occurred_at > event.occurred_at,
+    ))))
 
 
 def note_text(event: Event) -> str:

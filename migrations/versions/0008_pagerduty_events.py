@@ -1,4 +1,5 @@
-"""PagerDuty V3 webhook events already applied, so a redelivery changes nothing.
+"""PagerDuty V3 webhook events already applied, so a redelivery changes nothing
+and a transition overtaken by a later one is skipped.
 
 Revision ID: 0008
 Revises: 0006
@@ -20,6 +21,7 @@ def upgrade() -> None:
     sa.Column('event_type', sa.String(length=64), nullable=False),
     sa.Column('pagerduty_incident_id', sa.String(length=255), nullable=True),
     sa.Column('incident_id', sa.BigInteger(), nullable=False),
+    sa.Column('occurred_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['incident_id'], ['incidents.id'],
                             name=op.f('fk_pagerduty_events_incident_id_incidents'),
