@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from incident.api.app import create_app
-from incident.config import Settings
+from incident.config import Settings, get_settings
 from incident.context import Context
 from incident.db import session_scope
 from incident.notifications import sweeper
@@ -39,11 +39,13 @@ ALICE = {"by": "pagerduty", "user": "PAGENT1", "name": "Alice Oncall"}
 
 
 @pytest.fixture
-def settings(notify_env, monkeypatch) -> Settings:
+def settings(notify_env, monkeypatch) -> Iterator[Settings]:
     """This process's settings as the worker's, with PagerDuty's webhook secret."""
     for name, value in {**notify_env, "INCIDENT_PAGERDUTY_WEBHOOK_SECRET": WEBHOOK_SECRET}.items():
         monkeypatch.setenv(name, value)
-    return Settings()
+    yield Settings()
+    # Whatever read the settings meanwhile must not keep them for later tests.
+    get_settings.cache_clear()
 
 
 @pytest.fixture
