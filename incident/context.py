@@ -18,6 +18,7 @@ from incident.db import engine_for
 from incident.incidents import outbox
 from incident.incidents.events import EventBus
 from incident.incidents.repeats import RepeatCache
+from incident.integrations.alertmanager import Alertmanager
 from incident.maintenance.internal import InternalAlerts
 from incident.maintenance.jobs import MaintenanceJobs
 from incident.notifications.digest import FLUSH_TASK, SlackDigests
@@ -58,6 +59,12 @@ class Context:
             NotificationPlanner(self.rules, self.channels),
             RemediationScheduler(self.rules, self.settings.public_url),
         )
+
+    @cached_property
+    def alertmanager(self) -> Alertmanager | None:
+        """Alertmanager's silences API, or None without INCIDENT_ALERTMANAGER_URL."""
+        urls = self.settings.alertmanager_urls
+        return Alertmanager(urls) if urls else None
 
     @cached_property
     def repeats(self) -> RepeatCache:
