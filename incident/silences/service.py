@@ -15,6 +15,7 @@ check, a restart loop) and whoever silences it means to hear nothing more.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from incident.integrations.alertmanager import (
     SilenceRequest,
 )
 from incident.rules.durations import format_duration
-from incident.rules.matchers import Matcher, MatchOp
+from incident.rules.matchers import Matcher, MatcherError, MatchOp
 from incident.silences.models import IncidentSilence
 
 __all__ = [
@@ -92,15 +93,24 @@ def created_by(actor: Actor) -> str:
     return f"{actor.by}:{actor.user}"
 
 
-def group_matchers(group_labels: Mapping[str, str]) -> list[Matcher]:
+def group_matchers(group_labels: Mapping[str, str]) -> list[SilenceMatcher]:
     """One ``=`` matcher per group label: exactly the alerts of the incident's group."""
-    matchers = [Matcher(name, MatchOp.EQUAL, value) for name, value in sorted(group_labels.items())]
-    if not any(matcher.value for matcher in matchers):
+    if not any(group_labels.values()):
         raise NothingToSilence(
             "the incident's group has no label with a value to match (Alertmanager's "
             "group_by is empty), so its silence would silence every alert"
         )
-    return matchers
+    return [SilenceMatcher(name, value) for name, value in sorted(group_labels.items())]
+
+
+def matcher_text(matcher: SilenceMatcher) -> str:
+    """``service="api"``, in Alertmanager's matcher syntax; a label name outside the
+    classic charset (Alertmanager 0.27's UTF-8 names) is quoted: ``"service.name"="api"``."""
+    try:
+        return str(Matcher(matcher.name, MatchOp.EQUAL, matcher.value))
+    except MatcherError:
+        return f"{json.dumps(matcher.name, ensure_ascii=False)}=" \
+               f"{json.dumps(matcher.value, ensure_ascii=False)}"
 
 
 def new_reference() -> str:
@@ -199,7 +209,7 @@ class Silences:
                 insert(IncidentSilence)
                 .values(
                     incident_id=incident_id, reference=reference,
-                    matchers=[str(matcher) for matcher in matchers],
+                    matchers=[matcher_text(matcher) for matcher in matchers],
                     starts_at=now, ends_at=now + duration, created_by=created_by(actor),
                 )
                 .on_conflict_do_nothing(index_elements=["reference"])
@@ -210,10 +220,11 @@ class Silences:
             ).one()
             if row.incident_id != incident_id:
                 raise ValueError(f"reference {reference!r} belongs to another incident")
-            if row.silence_id is not None:
+            if row.silence_id is not None or row.expired_at is not None:
+                # Made by an earlier try, or overtaken by an unsilence since.
                 return None
             request = SilenceRequest(
-                matchers=[SilenceMatcher(m.name, m.value) for m in matchers],
+                matchers=matchers,
                 starts_at=row.starts_at, ends_at=row.ends_at, created_by=row.created_by,
                 comment=self._comment(incident_id, comment, reference), reference=reference,
             )

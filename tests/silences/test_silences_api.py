@@ -7,12 +7,17 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from incident.alerts.schemas import WebhookPayload
 from incident.config import get_settings
+from incident.db import session_scope
 from incident.embedded import free_port
+from incident.incidents.grouping import apply_webhook
 from tests.alertmanager_support import AlertmanagerProcess
 from tests.conftest import wait_for
+from tests.factories import alert, payload
 from tests.silences.conftest import (
     HEADERS,
+    RULES,
     alert_state,
     client_for,
     open_incident,
@@ -163,3 +168,14 @@ def test_no_alertmanager_answering_is_503_without_its_address_or_credentials(cle
     # Whether the silence was made is unknown: it is not shown as made.
     assert shown["silences"] == []
     assert "silenced" not in [e["kind"] for e in shown["timeline"]]
+
+
+def test_an_incident_whose_group_has_no_labels_is_409_not_a_silence_of_everything(
+    silencing_client,
+):
+    body = payload(alert(instance="everything"), group_labels={})
+    with session_scope() as session:
+        incident_id = apply_webhook(session, WebhookPayload.model_validate(body), RULES).incident_id
+    response = silencing_client.post(f"/api/incidents/{incident_id}/silence", headers=HEADERS)
+    assert response.status_code == 409, response.text
+    assert "every alert" in response.json()["error"]

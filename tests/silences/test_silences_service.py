@@ -33,7 +33,7 @@ from incident.silences.service import (
 )
 from tests.alertmanager_support import AlertmanagerProcess, SlowProxy
 from tests.conftest import WorkerProcess, wait_for
-from tests.silences.conftest import open_incident, silences_for
+from tests.silences.conftest import HEADERS, client_for, open_incident, silences_for
 
 pytestmark = [pytest.mark.alertmanager, pytest.mark.timeout(120)]
 PUBLIC_URL = "http://console.test"
@@ -156,8 +156,6 @@ def test_a_refused_silence_says_why_and_leaves_nothing_reserved(clean_state, dat
 
 
 def test_a_refusal_reaches_the_api_as_502_with_alertmanagers_reason(clean_state, refusing):
-    from tests.silences.conftest import HEADERS, client_for
-
     incident_id, _ = open_incident()
     with client_for(refusing.url) as client:
         response = client.post(f"/api/incidents/{incident_id}/silence", headers=HEADERS)
