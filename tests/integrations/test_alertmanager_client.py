@@ -109,3 +109,11 @@ def test_a_refused_silence_says_why(real_alertmanager: AlertmanagerProcess) -> N
     backwards = request(starts_at=now, ends_at=now - timedelta(hours=1))
     with pytest.raises(AlertmanagerRefused, match="HTTP 400"):
         Alertmanager([real_alertmanager.url]).create(backwards)
+
+
+def test_credentials_in_a_url_never_reach_the_error(tmp_path: Path) -> None:
+    url = f"http://operator:hunter2-secret@127.0.0.1:{free_port()}"
+    with pytest.raises(AlertmanagerUnavailable) as caught:
+        Alertmanager([url]).create(request())
+    assert "hunter2" not in str(caught.value)
+    assert "***@127.0.0.1" in str(caught.value)
