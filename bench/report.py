@@ -425,6 +425,10 @@ def _slack_click_rows(click: dict) -> list[tuple[str, str, str, str]]:
          f"{latency(click['click_to_pagerduty_ack'])}; by the Slack user "
          f"{click['acknowledged_by_slack_user']}/{click['incidents']}, "
          f"duplicates {click['duplicate_acknowledges']}", "", ""),
+        ("slack click stages p50/p99",
+         "to acknowledged in PostgreSQL {}; then to PagerDuty {}".format(
+             *(f"{click['stages_ms'][stage]['p50_ms']:.0f}/{click['stages_ms'][stage]['p99_ms']:.0f} ms"
+               for stage in ("to_acknowledged", "to_pagerduty"))), "", ""),
         ("  reference, same run: webhook -> 202 p50/p99",
          latency(click["reference_webhook_to_202"]), "", ""),
         ("  reference, same run: webhook -> PagerDuty trigger p50/p99",

@@ -28,6 +28,7 @@ from incident.incidents.models import Incident, TimelineKind
 from incident.integrations.slack_blocks import actor_phrase
 from incident.integrations.slack_interactivity import post_ephemeral
 from incident.interactions.schemas import ACKNOWLEDGE, RESOLVE, SILENCE, Click
+from incident.rules import Rules
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,9 @@ class Services(Protocol):
 
     @property
     def redis(self) -> redis.Redis: ...
+
+    @property
+    def rules(self) -> Rules: ...
 
 
 class ResponseUrls:
@@ -94,6 +98,11 @@ def handle_click(
             return
         tell(url, text)
 
+    if not services.rules.slack.allows(click.user_id):
+        log.info("slack click refused: user not in slack.allowed_users", user=click.user_id)
+        answer("Sorry, you are not on the list of people who may act on incidents from Slack "
+               "(slack.allowed_users in the rules file): nothing was changed.")
+        return Outcome.REFUSED
     if click.action == SILENCE:
         return _silence(services, click, actor, answer)
     try:

@@ -104,9 +104,17 @@ def response_urls() -> Iterator[FakeResponseUrls]:
 
 
 @pytest.fixture(scope="module")
-def slack_env(incident_environment, fake_slack, fake_pagerduty, tmp_path_factory) -> dict[str, str]:
+def slack_rules() -> str:
+    """The rules file's text (a module may override it)."""
+    return RULES
+
+
+@pytest.fixture(scope="module")
+def slack_env(
+    incident_environment, fake_slack, fake_pagerduty, slack_rules, tmp_path_factory
+) -> dict[str, str]:
     rules = tmp_path_factory.mktemp("rules") / "rules.yml"
-    rules.write_text(RULES)
+    rules.write_text(slack_rules)
     return {
         **incident_environment,
         "INCIDENT_SLACK_BOT_TOKEN": DEFAULT_TOKEN,
