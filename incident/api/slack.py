@@ -134,6 +134,9 @@ def _click(body: bytes) -> tuple[Click, str | None]:
 
 def _enqueue(context, click: Click, response_url: str | None) -> None:
     click = with_response_url(click, response_url, context.redis)
+    shown = {name: value for name, value in asdict(click).items() if name != "response_key"}
+    # By name: the api never loads the worker's tasks. Flower shows kwargsrepr.
     celery_app.send_task(
-        CLICK_TASK, kwargs=asdict(click), queue=PAGE, retry=True, retry_policy=_PUBLISH_RETRY,
+        CLICK_TASK, kwargs=asdict(click), kwargsrepr=repr(shown), queue=PAGE, retry=True,
+        retry_policy=_PUBLISH_RETRY,
     )
