@@ -17,6 +17,8 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "incident.notifications.flush_slack_digest": {"queue": PAGE},
     "incident.notifications.fire_escalations": {"queue": PAGE},
     "incident.notifications.sweep_undelivered": {"queue": MAINTENANCE},
+    # Someone is waiting for a click to take effect, and it may page (acknowledge).
+    "incident.interactions.slack_click": {"queue": PAGE},
     "incident.remediation.run": {"queue": REMEDIATE},
     # Asked for by a person waiting for the answer in Slack.
     "incident.silences.silence": {"queue": PAGE},
