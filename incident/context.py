@@ -18,6 +18,7 @@ from incident.db import engine_for
 from incident.incidents import outbox
 from incident.incidents.events import EventBus
 from incident.incidents.repeats import RepeatCache
+from incident.integrations.alertmanager import Alertmanager
 from incident.maintenance.internal import InternalAlerts
 from incident.maintenance.jobs import MaintenanceJobs
 from incident.notifications.digest import FLUSH_TASK, SlackDigests
@@ -30,6 +31,7 @@ from incident.remediation.breaker import CircuitBreakers
 from incident.remediation.engine import RemediationEngine, RemediationScheduler
 from incident.rules import Rules
 from incident.sharedstate import redis_for
+from incident.silences.service import Silences
 
 
 class Context:
@@ -58,6 +60,17 @@ class Context:
             NotificationPlanner(self.rules, self.channels),
             RemediationScheduler(self.rules, self.settings.public_url),
         )
+
+    @cached_property
+    def alertmanager(self) -> Alertmanager | None:
+        """Alertmanager's silences API, or None without INCIDENT_ALERTMANAGER_URL."""
+        urls = self.settings.alertmanager_urls
+        return Alertmanager(urls) if urls else None
+
+    @cached_property
+    def silences(self) -> Silences:
+        """Incident silences in Alertmanager; each call says so when none is configured."""
+        return Silences(self.engine, self.alertmanager, self.events, self.settings.public_url)
 
     @cached_property
     def repeats(self) -> RepeatCache:

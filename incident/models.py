@@ -4,12 +4,14 @@ from incident.incidents.models import Alert, AlertGroup, Incident, TimelineEntry
 from incident.incidents.outbox import OutboxMessage
 from incident.notifications.models import EscalationTimer, Notification, PagerDutyEvent
 from incident.remediation.models import RemediationRun
+from incident.silences.models import IncidentSilence
 
 __all__ = [
     "Alert",
     "AlertGroup",
     "EscalationTimer",
     "Incident",
+    "IncidentSilence",
     "Notification",
     "OutboxMessage",
     "PagerDutyEvent",

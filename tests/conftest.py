@@ -264,3 +264,17 @@ class ApiProcess(ChildProcess):
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         self.wait_http_ok(f"{self.url}/healthz", timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def alertmanager_binary() -> str:
+    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if found:
+        return found
+    reason = (
+        "the Alertmanager binary (prometheus-alertmanager) is not installed; "
+        "run `make test`, which installs Debian's prometheus-alertmanager"
+    )
+    if os.environ.get("INCIDENT_TEST_SKIP_ALERTMANAGER") == "1":
+        pytest.skip(f"INCIDENT_TEST_SKIP_ALERTMANAGER=1: {reason}")
+    pytest.fail(reason, pytrace=False)

@@ -3,24 +3,23 @@ and the incidents in PostgreSQL must come out as the interface promises."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from incident.db import session_scope
-from incident.embedded import free_port
 from incident.incidents.models import Incident
-from tests.conftest import WEBHOOK_TOKEN, ApiProcess, ChildProcess, wait_for
+from tests.alertmanager_support import (
+    WAIT,
+    AlertmanagerProcess,
+)
+from tests.conftest import ApiProcess, wait_for
 
 pytestmark = [
     pytest.mark.alertmanager,
@@ -29,26 +28,9 @@ pytestmark = [
     pytest.mark.usefixtures("alertmanager_binary", "worker"),
 ]
 
-WAIT = 30.0
-RECEIVER = "incident"
-GROUP_WAIT, GROUP_INTERVAL, REPEAT_INTERVAL = 1, 2, 4
 # Alertmanager logs this when a receiver answers anything but 2xx (a 401, a 503…).
 NOTIFY_FAILED = "Notify for alerts failed"
 WEBHOOK_ACCEPTED = re.compile(r"POST /webhooks/alertmanager HTTP/1\.1\\?\" 202")
-
-
-@pytest.fixture(scope="module")
-def alertmanager_binary() -> str:
-    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if found:
-        return found
-    reason = (
-        "the Alertmanager binary (prometheus-alertmanager) is not installed; "
-        "run `make test`, which installs Debian's prometheus-alertmanager"
-    )
-    if os.environ.get("INCIDENT_TEST_SKIP_ALERTMANAGER") == "1":
-        pytest.skip(f"INCIDENT_TEST_SKIP_ALERTMANAGER=1: {reason}")
-    pytest.fail(reason, pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -57,69 +39,6 @@ def api_server(incident_environment, tmp_path_factory) -> Iterator[ApiProcess]:
     server.wait_ready()
     yield server
     server.stop()
-
-
-def alertmanager_config(webhook_url: str) -> dict[str, Any]:
-    return {
-        "route": {
-            "receiver": RECEIVER,
-            "group_by": ["alertname", "service"],
-            "group_wait": f"{GROUP_WAIT}s",
-            "group_interval": f"{GROUP_INTERVAL}s",
-            "repeat_interval": f"{REPEAT_INTERVAL}s",
-        },
-        "receivers": [{
-            "name": RECEIVER,
-            "webhook_configs": [{
-                "url": webhook_url,
-                "send_resolved": True,
-                "http_config": {
-                    "authorization": {"type": "Bearer", "credentials": WEBHOOK_TOKEN},
-                },
-            }],
-        }],
-    }
-
-
-class AlertmanagerProcess(ChildProcess):
-    """One Alertmanager, clustering off, its state in a directory of its own."""
-
-    name = "alertmanager"
-
-    def __init__(self, binary: str, workdir: Path, webhook_url: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = workdir / "alertmanager.yml"
-        config.write_text(yaml.safe_dump(alertmanager_config(webhook_url)))
-        super().__init__(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--cluster.listen-address=",
-                "--log.level=debug",
-            ],
-            workdir / "alertmanager.log",
-        )
-
-    def problems(self) -> str:
-        """Its warnings and errors (a refused webhook, say), else the end of its log."""
-        lines = [
-            line for line in self.log().splitlines()
-            if "level=error" in line or "level=warn" in line
-        ]
-        return "\n".join(lines[-10:]) if lines else self.log()[-3000:]
-
-    def wait_ready(self) -> None:
-        self.wait_http_ok(f"{self.url}/-/ready", timeout=WAIT)
-
-    def post_alerts(self, *alerts: dict[str, Any]) -> None:
-        response = httpx.post(f"{self.url}/api/v2/alerts", json=list(alerts), timeout=5)
-        assert response.status_code == 200, response.text
-
-    def stop(self) -> None:
-        super().stop(grace=10)
 
 
 @pytest.fixture

@@ -155,11 +155,11 @@ def describe(kind: TimelineKind, detail: dict[str, Any]) -> str:
             by = {
                 "api": "by hand",
                 "stale": f"stale: not re-sent by Alertmanager for {detail.get('stale_after')}",
-                PAGERDUTY: "in PagerDuty" + _who(detail),
+                PAGERDUTY: f"in PagerDuty by {_who(detail)}",
             }.get(detail.get("by"), "all alerts resolved")
             return f"Resolved ({by})" + _note(detail)
         case TimelineKind.NOTE:
-            return f"Note{_who(detail)}: {detail.get('note', '')}"
+            return f"Note by {_who(detail)}: {detail.get('note', '')}"
         case TimelineKind.FLAPPING:
             return "Flapping: paging paused until it settles"
         case TimelineKind.SETTLED:
@@ -168,6 +168,11 @@ def describe(kind: TimelineKind, detail: dict[str, Any]) -> str:
             return _remediation_line(detail)
         case TimelineKind.ESCALATED:
             return f"Escalated: {detail.get('reason', 'not acknowledged')}"
+        case TimelineKind.SILENCED:
+            comment = f": {detail['comment']}" if detail.get("comment") else ""
+            return f"Silenced for {detail.get('duration', '?')} by {_who(detail)}{comment}"
+        case TimelineKind.UNSILENCED:
+            return f"Silence lifted by {_who(detail)}"
         case _:
             return kind.value.replace("_", " ").capitalize()
 
@@ -181,12 +186,17 @@ def _remediation_line(detail: dict[str, Any]) -> str:
 
 
 def _who(detail: dict[str, Any]) -> str:
-    name = detail.get("name") or detail.get("user")
-    return f" by {name}" if name else ""
+    """The actor of an entry as a reader knows them: a Slack mention, a name, an e-mail."""
+    by, user, name = detail.get("by"), detail.get("user"), detail.get("name")
+    if by == "slack" and user:
+        return f"<@{user}>"
+    if name or user:
+        return str(name or user)
+    return "the API" if by == "api" else str(by or "someone")
 
 
 def _in_pagerduty(detail: dict[str, Any]) -> str:
-    return " in PagerDuty" + _who(detail) if detail.get("by") == PAGERDUTY else ""
+    return f" in PagerDuty by {_who(detail)}" if detail.get("by") == PAGERDUTY else ""
 
 
 def _note(detail: dict[str, Any]) -> str:

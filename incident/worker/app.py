@@ -26,6 +26,8 @@ TASK_MODULES = [
     "incident.worker.tasks.notifications",
     "incident.worker.tasks.remediation",
     "incident.worker.tasks.maintenance",
+    "incident.worker.tasks.silences",
+    "incident.worker.tasks.interactions",
 ]
 # How often each worker looks for outbox messages a crash left unsent.
 OUTBOX_POLL_SECONDS = 1.0

@@ -19,7 +19,11 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "incident.notifications.sweep_undelivered": {"queue": MAINTENANCE},
     # An acknowledgement in PagerDuty stops escalations: it must not wait behind a storm.
     "incident.notifications.apply_pagerduty_event": {"queue": PAGE},
+    # Someone is waiting for a click to take effect, and it may page (acknowledge).
+    "incident.interactions.slack_click": {"queue": PAGE},
     "incident.remediation.run": {"queue": REMEDIATE},
+    # Asked for by a person waiting for the answer in Slack.
+    "incident.silences.silence": {"queue": PAGE},
     "incident.remediation.sweep": {"queue": MAINTENANCE},
     "incident.maintenance.purge_resolved": {"queue": MAINTENANCE},
     "incident.maintenance.resolve_stale": {"queue": MAINTENANCE},

@@ -22,10 +22,10 @@ pytestmark = [pytest.mark.security, pytest.mark.timeout(120)]
 # Probes and FastAPI's own documentation of the schema (INTERFACE: `GET /docs`).
 OPEN = {"/healthz", "/readyz"}
 DOCS = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-# Authenticated by a signature over the body instead of a token; each has its own
-# tests of refusing what is not signed (tests/api/test_pagerduty_webhooks.py).
-SIGNED = {"/webhooks/pagerduty"}
 PARAM = re.compile(r"\{[^}]+\}")
+# Routes a service signs its requests to, with a secret of its own instead of a
+# token (tests/slack and tests/api/test_pagerduty_webhooks.py cover their refusals).
+SIGNED = {"/slack/interactions", "/webhooks/pagerduty"}
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def endpoints(app: FastAPI) -> list[Endpoint]:
 
 
 def token_for(endpoint: Endpoint, metrics_token: str | None) -> str | None:
-    """The one token this route accepts; None for routes open to all."""
+    """The one token this route accepts; None for routes open to all or signed."""
     if endpoint.path in OPEN | DOCS | SIGNED:
         return None
     if endpoint.path == "/metrics":
