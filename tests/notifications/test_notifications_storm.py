@@ -44,7 +44,9 @@ RATE, BURST = 1.0, 3
 # message whose token was taken up to LAG seconds before it arrived belongs to
 # a window LAG seconds wider than the one measured here: RATE * LAG messages.
 LAG = 1.0
-SEV1_PAGE_WITHIN = 2.0
+# Measured at 0.5-1 s on a quiet machine and 2.5 s with other work on both
+# cores; a page that queued behind the storm's messages would take minutes.
+SEV1_PAGE_WITHIN = 5.0
 # "Pages never join a digest: they come back for the next token, ... ahead of
 # everything the storm queued" (delivery.py). Tokens come once a second; a SEV1
 # parent still without one after this long has been starved.
@@ -213,7 +215,7 @@ def test_slack_posts_stay_within_the_token_bucket(storm: Storm):
     assert worst <= 0, f"{worst:.2f} message(s) over the token bucket in some window"
 
 
-def test_the_sev1_in_the_storm_pages_within_two_seconds_of_its_webhook(storm: Storm):
+def test_the_sev1_in_the_storm_pages_within_seconds_of_its_webhook(storm: Storm):
     [page] = [
         r for r in storm.pagerduty_requests
         if r.body.get("dedup_key") == storm.sev1["key"] and r.body["event_action"] == "trigger"
