@@ -31,6 +31,7 @@ from incident.remediation.breaker import CircuitBreakers
 from incident.remediation.engine import RemediationEngine, RemediationScheduler
 from incident.rules import Rules
 from incident.sharedstate import redis_for
+from incident.windows.suppression import MaintenanceGate
 
 
 class Context:
@@ -54,8 +55,10 @@ class Context:
 
     @cached_property
     def events(self) -> EventBus:
-        """Who reacts to incident events: notifications first, then remediations."""
+        """Who reacts to incident events: the maintenance gate first (an incident it holds
+        back is skipped by the rest), then notifications, then remediations."""
         return EventBus(
+            MaintenanceGate(),
             NotificationPlanner(self.rules, self.channels),
             RemediationScheduler(self.rules, self.settings.public_url),
         )

@@ -4,12 +4,14 @@ from incident.incidents.models import Alert, AlertGroup, Incident, TimelineEntry
 from incident.incidents.outbox import OutboxMessage
 from incident.notifications.models import EscalationTimer, Notification
 from incident.remediation.models import RemediationRun
+from incident.windows.models import MaintenanceWindow
 
 __all__ = [
     "Alert",
     "AlertGroup",
     "EscalationTimer",
     "Incident",
+    "MaintenanceWindow",
     "Notification",
     "OutboxMessage",
     "RemediationRun",
