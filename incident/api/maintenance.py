@@ -8,6 +8,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from incident.api.auth import require_api_token
 from incident.api.errors import error_response, error_responses
@@ -42,7 +43,8 @@ def list_windows(
 
 
 @router.post(
-    "/maintenance", status_code=201, response_model=WindowOut, responses=_ALERTMANAGER_ERRORS
+    "/maintenance", status_code=201, response_model=WindowOut,
+    responses={**error_responses(400), **_ALERTMANAGER_ERRORS},
 )
 def create_window(body: WindowRequest, request: Request) -> WindowOut | JSONResponse:
     context = request.app.state.context
@@ -53,6 +55,9 @@ def create_window(body: WindowRequest, request: Request) -> WindowOut | JSONResp
             window = service.create_window(session, body, API, now=now,
                                            alertmanager=context.alertmanager)
             shown = WindowOut.of(window, now)
+    except service.WindowAlreadyEnded as exc:
+        return error_response(422, "invalid window",
+                              fields=[{"field": "body.ends_at", "message": str(exc)}])
     except (AlertmanagerUnavailable, AlertmanagerRefused) as exc:
         return _alertmanager_error(exc, "the silence was not made; no window was stored")
     except Exception:
@@ -83,7 +88,10 @@ def end_window(window_id: WindowId, request: Request) -> WindowOut | JSONRespons
     except (AlertmanagerUnavailable, AlertmanagerRefused) as exc:
         return _alertmanager_error(exc, "its silence was not expired; the window goes on")
     # Beat's poll would release them within seconds; ending by hand should not wait for it.
-    release(context.engine, context.events)
+    try:
+        release(context.engine, context.events)
+    except SQLAlchemyError as exc:
+        log.warning("maintenance release left to beat's poll", error=str(exc))
     return shown
 
 

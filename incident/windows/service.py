@@ -64,9 +64,12 @@ def create_window(
 ) -> MaintenanceWindow:
     """Store the window and schedule its silence; a start in the past means now.
 
-    Raises ``AlertmanagerError`` when Alertmanager is configured and did not take
-    the silence: the caller's transaction then rolls back and nothing is stored.
+    Raises ``WindowAlreadyEnded`` for an end already past, and ``AlertmanagerError``
+    when Alertmanager is configured and did not take the silence: the caller's
+    transaction then rolls back and nothing is stored.
     """
+    if request.ends_at <= now:  # validated as future a moment ago; the clock moved on
+        raise WindowAlreadyEnded("ends_at has already passed")
     window = MaintenanceWindow(
         matchers=list(request.matchers), starts_at=max(request.starts_at, now),
         ends_at=request.ends_at, comment=request.comment, created_by=created_by(actor),
