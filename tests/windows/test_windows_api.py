@@ -11,7 +11,10 @@ from fastapi.testclient import TestClient
 
 from incident.api.app import create_app
 from incident.config import get_settings
+from incident.db import session_scope
 from incident.embedded import free_port
+from incident.models import MaintenanceWindow
+from tests.fakes.http_server import FakeHTTPService, Reply
 from tests.windows.conftest import API, window_body
 
 pytestmark = pytest.mark.timeout(60)
@@ -118,3 +121,37 @@ def test_with_alertmanager_down_nothing_is_stored_and_the_answer_says_so(clean_s
         assert "no window was stored" in response.json()["error"]
         assert "s3cret" not in response.text
         assert client.get("/api/maintenance", headers=API).json()["items"] == []
+
+
+class RefusingAlertmanager(FakeHTTPService):
+    """Answers every silence as Alertmanager answers one it refuses."""
+
+    def handle(self, method: str, body: dict, headers: dict[str, str]) -> Reply:
+        return Reply(400, "silence invalid: invalid label matcher 0: bad matcher format")
+
+
+def test_when_alertmanager_refuses_the_answer_says_why_and_nothing_is_stored(clean_state):
+    with RefusingAlertmanager() as refusing:
+        url = f"http://127.0.0.1:{refusing.port}"
+        settings = get_settings().model_copy(update={"alertmanager_url": url})
+        with TestClient(create_app(settings)) as client:
+            response = post(client, window_body('service="db"'))
+            assert response.status_code == 502, response.text
+            assert "bad matcher format" in response.json()["error"]
+            assert str(refusing.port) not in response.text
+            assert client.get("/api/maintenance", headers=API).json()["items"] == []
+
+
+def test_a_window_whose_silence_cannot_be_expired_goes_on(clean_state):
+    with TestClient(create_app(get_settings())) as client:
+        window = post(client, window_body('service="db"')).json()
+    with session_scope() as session:
+        session.get(MaintenanceWindow, window["id"]).silence_id = "0b1d6a4c-silence"
+    down = f"http://127.0.0.1:{free_port()}"
+    settings = get_settings().model_copy(update={"alertmanager_url": down})
+    with TestClient(create_app(settings)) as client:
+        response = client.delete(f"/api/maintenance/{window['id']}", headers=API)
+        assert response.status_code == 503, response.text
+        assert "the window goes on" in response.json()["error"]
+        [listed] = client.get("/api/maintenance", headers=API).json()["items"]
+        assert (listed["active"], listed["ended_at"]) == (True, None)
