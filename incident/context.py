@@ -31,6 +31,7 @@ from incident.remediation.breaker import CircuitBreakers
 from incident.remediation.engine import RemediationEngine, RemediationScheduler
 from incident.rules import Rules
 from incident.sharedstate import redis_for
+from incident.silences.service import Silences
 from incident.windows.suppression import MaintenanceGate
 
 
@@ -68,6 +69,11 @@ class Context:
         """Alertmanager's silences API, or None without INCIDENT_ALERTMANAGER_URL."""
         urls = self.settings.alertmanager_urls
         return Alertmanager(urls) if urls else None
+
+    @cached_property
+    def silences(self) -> Silences:
+        """Incident silences in Alertmanager; each call says so when none is configured."""
+        return Silences(self.engine, self.alertmanager, self.events, self.settings.public_url)
 
     @cached_property
     def repeats(self) -> RepeatCache:

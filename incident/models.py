@@ -4,6 +4,7 @@ from incident.incidents.models import Alert, AlertGroup, Incident, TimelineEntry
 from incident.incidents.outbox import OutboxMessage
 from incident.notifications.models import EscalationTimer, Notification
 from incident.remediation.models import RemediationRun
+from incident.silences.models import IncidentSilence
 from incident.windows.models import MaintenanceWindow
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "AlertGroup",
     "EscalationTimer",
     "Incident",
+    "IncidentSilence",
     "MaintenanceWindow",
     "Notification",
     "OutboxMessage",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,44 @@ class AlertmanagerProcess(ChildProcess):
 
     def stop(self) -> None:
         super().stop(grace=10)
+
+
+class SlowProxy:
+    """Forwards to Alertmanager, then answers later than the client waits."""
+
+    def __init__(self, target: str, delay: float) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.posts = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self, method: str) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer = httpx.request(method, target + self.path, content=body,
+                                       headers={"Content-Type": "application/json"}, timeout=5)
+                if method == "POST":
+                    proxy.posts += 1
+                    proxy.released.wait(delay)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+        self.released = threading.Event()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()

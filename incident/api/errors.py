@@ -63,6 +63,6 @@ _DESCRIPTIONS = {
     400: "not JSON, or not readable", 401: "missing or wrong bearer token",
     404: "no such incident", 409: "not allowed in the incident's status",
     413: "body too large", 415: "not application/json", 422: "invalid, with each failing field",
-    502: "an upstream service (Alertmanager) refused the request",
+    502: "a dependency refused the request, saying why",
     503: "a dependency is unavailable; retry",
 }

@@ -4,13 +4,13 @@ acknowledge/resolve by hand."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session, selectinload
 
 from incident.api.auth import require_api_token
@@ -37,7 +37,10 @@ Cursor = Annotated[str | None, Query(max_length=200)]
 # How many alerts or timeline entries one answer holds, with an incident or in a page.
 RowLimit = Annotated[int, Query(ge=1, le=store.SHOWN_MAX)]
 # Everything the incident JSON shows, loaded with it.
-_SHOWN = (selectinload(Incident.notifications), selectinload(Incident.remediations))
+_SHOWN = (
+    selectinload(Incident.notifications), selectinload(Incident.remediations),
+    selectinload(Incident.silences),
+)
 # The body is read by hand (it may be empty), so the document is told its shape.
 _NOTE_BODY = {
     "requestBody": {
@@ -54,6 +57,7 @@ def db_session(request: Request) -> Iterator[Session]:
 
 
 DbSession = Annotated[Session, Depends(db_session)]
+Body = TypeVar("Body", bound=BaseModel)
 
 
 @router.get("/incidents", response_model=IncidentPage)
@@ -80,7 +84,7 @@ def get_incident(
     alerts_limit: RowLimit = store.SHOWN_DEFAULT,
     timeline_limit: RowLimit = store.SHOWN_DEFAULT,
 ) -> IncidentOut:
-    return _shown(session, incident_id, alerts_limit=alerts_limit, timeline_limit=timeline_limit)
+    return shown_incident(session, incident_id, alerts_limit=alerts_limit, timeline_limit=timeline_limit)
 
 
 @router.get(
@@ -110,18 +114,19 @@ def incident_timeline(
     )
 
 
-def _shown(session: Session, incident_id: int, **limits: int) -> IncidentOut:
+def shown_incident(session: Session, incident_id: int, **limits: int) -> IncidentOut:
     incident = store.get_incident(session, incident_id, options=_SHOWN)
     [shown] = store.shown(session, [incident], **limits)
     return IncidentOut.of(shown)
 
 
-async def _transition_request(request: Request) -> TransitionRequest | JSONResponse:
+async def optional_body(request: Request, model: type[Body]) -> Body | JSONResponse:
+    """The request's JSON body as ``model`` (its defaults when empty), or the error answer."""
     body = await request.body()
     if not body.strip():
-        return TransitionRequest()
+        return model()
     try:
-        return TransitionRequest.model_validate(orjson.loads(body))
+        return model.model_validate(orjson.loads(body))
     except orjson.JSONDecodeError as exc:
         return error_response(400, f"body is not valid JSON: {exc}")
     except ValidationError as exc:
@@ -134,11 +139,11 @@ def _transition(request: Request, incident_id: int, to: TimelineKind, note: str 
         store.transition_by_hand(session, incident_id, to, API, note=note, events=context.events)
     # Read after the commit, which also sent what the transition asked for.
     with session_scope(context.engine) as session:
-        return _shown(session, incident_id)
+        return shown_incident(session, incident_id)
 
 
 async def _by_hand(request: Request, incident_id: int, to: TimelineKind) -> IncidentOut | JSONResponse:
-    parsed = await _transition_request(request)
+    parsed = await optional_body(request, TransitionRequest)
     if isinstance(parsed, JSONResponse):
         return parsed
     return await run_in_threadpool(_transition, request, incident_id, to, parsed.note)

@@ -98,9 +98,8 @@ def end_window(window_id: WindowId, request: Request) -> WindowOut | JSONRespons
 def _alertmanager_error(
     exc: AlertmanagerUnavailable | AlertmanagerRefused, consequence: str
 ) -> JSONResponse:
-    # The detail names Alertmanager's URLs, which may carry credentials: it goes to the log.
+    # The whole message, with each URL tried, goes to the log; the answer says what happened.
     log.warning("alertmanager error", error=str(exc))
     if isinstance(exc, AlertmanagerUnavailable):
-        return error_response(503, f"Alertmanager did not answer: {consequence}")
-    reason = str(exc).split(" refused: ", 1)[-1]
-    return error_response(502, f"Alertmanager refused: {reason}; {consequence}")
+        return error_response(503, f"no Alertmanager answered in time: {consequence}")
+    return error_response(502, f"Alertmanager refused: {exc.reason}; {consequence}")

@@ -1,8 +1,8 @@
 """The one place an incident's state changes.
 
 Every change (open, alerts added or resolved, severity raised, acknowledged,
-unacknowledged, resolved, reopened, flapping, settled, escalated, a
-remediation's outcome, a note) is a method here. Each takes its actor, changes
+unacknowledged, resolved, reopened, flapping, settled, escalated, silenced,
+unsilenced, a remediation's outcome, a note) is a method here. Each takes its actor, changes
 the incident, writes its timeline entry, and hands the entry to the event bus
 in the caller's transaction, so what reacts to it (notifications, remediations)
 commits or rolls back with it. Callers hold the incident's row lock.
@@ -37,6 +37,15 @@ class Actor:
     def detail(self) -> dict[str, str]:
         fields = {"by": self.by, "user": self.user, "name": self.name}
         return {key: value for key, value in fields.items() if value}
+
+    def created_by(self) -> str:
+        """As Alertmanager's ``createdBy`` reads: ``slack:U024BE7LH (alice)``,
+        ``web:alice@example.com``, ``api``."""
+        if not self.user:
+            return self.by
+        if self.name and self.name != self.user:
+            return f"{self.by}:{self.user} ({self.name})"
+        return f"{self.by}:{self.user}"
 
 
 ALERTMANAGER = Actor("alertmanager")
@@ -178,6 +187,18 @@ class Lifecycle:
     def remediation(self, incident: Incident, **detail: Any) -> TimelineEntry:
         """A remediation run's progress or outcome (``announce``: tell people about it)."""
         return self._record(incident, TimelineKind.REMEDIATION, SYSTEM, **detail)
+
+    def silenced(self, incident: Incident, actor: Actor, *, silence_id: str, duration: str,
+                 ends_at: datetime, comment: str | None = None) -> TimelineEntry:
+        """Its alerts silenced in Alertmanager until ``ends_at`` (``duration``: ``4h``)."""
+        return self._record(incident, TimelineKind.SILENCED, actor, silence_id=silence_id,
+                            duration=duration, ends_at=ends_at.isoformat(),
+                            **({"comment": comment} if comment else {}))
+
+    def unsilenced(self, incident: Incident, actor: Actor, *,
+                   silence_ids: list[str]) -> TimelineEntry:
+        """Its silences expired in Alertmanager before their end."""
+        return self._record(incident, TimelineKind.UNSILENCED, actor, silence_ids=silence_ids)
 
     def note(self, incident: Incident, actor: Actor, text: str) -> TimelineEntry:
         return self._record(incident, TimelineKind.NOTE, actor, note=text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from incident.alerts.schemas import Text
 from incident.incidents.store import Shown
@@ -57,6 +57,18 @@ class NotificationOut(_Out):
         return "pending" if status in ("sending", "digested") else status
 
 
+class SilenceOut(_Out):
+    """An Alertmanager silence made for the incident."""
+
+    id: str = Field(validation_alias=AliasChoices("silence_id", "id"))
+    starts_at: datetime
+    ends_at: datetime
+    created_by: str
+    matchers: list[str]
+    # Beyond INTERFACE's shape: when it was expired by hand (DELETE), else null.
+    expired_at: datetime | None = None
+
+
 class ActorOut(_Out):
     """Who made a change: where from (``by``), with their id and name there where known."""
 
@@ -93,6 +105,7 @@ class IncidentOut(_Out):
     timeline_next_cursor: str | None
     remediations: list[RemediationOut] = Field(default_factory=list)
     notifications: list[NotificationOut] = Field(default_factory=list)
+    silences: list[SilenceOut] = Field(default_factory=list)
 
     @classmethod
     def of(cls, shown: Shown) -> IncidentOut:
@@ -113,7 +126,7 @@ class IncidentOut(_Out):
 _FROM_ROW = (
     "id", "key", "title", "summary", "severity", "status", "flapping", "in_maintenance", "created_at",
     "acknowledged_at", "resolved_at", "acknowledged_by", "resolved_by", "labels", "alerts_dropped", "remediations",
-    "notifications",
+    "notifications", "silences",
 )
 
 

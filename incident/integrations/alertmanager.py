@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import structlog
@@ -32,6 +33,11 @@ class AlertmanagerUnavailable(AlertmanagerError):
 
 class AlertmanagerRefused(AlertmanagerError):
     """Alertmanager answered and refused the request (a bad matcher, a bad time)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        # Alertmanager's own words, without the URL: fit to pass on to a caller.
+        self.reason = reason or message
 
 
 @dataclass(frozen=True)
@@ -98,19 +104,19 @@ class Alertmanager:
                 answer = self._client.post(f"{url}/api/v2/silences", json=request.as_json())
             except httpx.TimeoutException as exc:
                 uncertain = True
-                problems.append(f"{url}: timed out ({type(exc).__name__})")
+                problems.append(f"{_shown(url)}: timed out ({type(exc).__name__})")
                 continue
             except httpx.TransportError as exc:
-                problems.append(f"{url}: {type(exc).__name__}")
+                problems.append(f"{_shown(url)}: {type(exc).__name__}")
                 continue
             if answer.status_code >= 500:
-                problems.append(f"{url}: HTTP {answer.status_code}")
+                problems.append(f"{_shown(url)}: HTTP {answer.status_code}")
                 continue
             _raise_refused(url, answer)
             silence_id = answer.json().get("silenceID")
             if not isinstance(silence_id, str) or not silence_id:
-                raise AlertmanagerRefused(f"{url} answered without a silenceID")
-            log.info("alertmanager_silence_created", url=url, silence_id=silence_id)
+                raise AlertmanagerRefused(f"{_shown(url)} answered without a silenceID")
+            log.info("alertmanager_silence_created", url=_shown(url), silence_id=silence_id)
             return Silence(silence_id, "active", request.comment, request.created_by)
         raise AlertmanagerUnavailable("no Alertmanager took the silence: " + "; ".join(problems))
 
@@ -121,7 +127,7 @@ class Alertmanager:
             try:
                 return self._find(url, reference)
             except (httpx.TransportError, AlertmanagerUnavailable) as exc:
-                problems.append(f"{url}: {exc or type(exc).__name__}")
+                problems.append(f"{_shown(url)}: {exc or type(exc).__name__}")
         raise AlertmanagerUnavailable("no Alertmanager answered: " + "; ".join(problems))
 
     def expire(self, silence_id: str) -> None:
@@ -131,13 +137,13 @@ class Alertmanager:
             try:
                 answer = self._client.delete(f"{url}/api/v2/silence/{silence_id}")
             except httpx.TransportError as exc:
-                problems.append(f"{url}: {type(exc).__name__}")
+                problems.append(f"{_shown(url)}: {type(exc).__name__}")
                 continue
             if answer.status_code == 200 or answer.status_code == 404 or _already_expired(answer):
-                log.info("alertmanager_silence_expired", url=url, silence_id=silence_id)
+                log.info("alertmanager_silence_expired", url=_shown(url), silence_id=silence_id)
                 return
             if answer.status_code >= 500:
-                problems.append(f"{url}: HTTP {answer.status_code}")
+                problems.append(f"{_shown(url)}: HTTP {answer.status_code}")
                 continue
             _raise_refused(url, answer)
             return
@@ -148,7 +154,7 @@ class Alertmanager:
     def _find(self, url: str, reference: str) -> Silence | None:
         answer = self._client.get(f"{url}/api/v2/silences")
         if answer.status_code != 200:
-            raise AlertmanagerUnavailable(f"{url}: HTTP {answer.status_code} listing silences")
+            raise AlertmanagerUnavailable(f"{_shown(url)}: HTTP {answer.status_code} listing silences")
         for item in answer.json():
             if reference in str(item.get("comment", "")) and item.get("status", {}).get(
                 "state"
@@ -165,5 +171,13 @@ def _already_expired(answer: httpx.Response) -> bool:
 
 def _raise_refused(url: str, answer: httpx.Response) -> None:
     if answer.status_code >= 400:
-        detail = answer.text.strip()[:300] or f"HTTP {answer.status_code}"
-        raise AlertmanagerRefused(f"{url} refused: HTTP {answer.status_code}: {detail}")
+        reason = f"HTTP {answer.status_code}: " + (answer.text.strip()[:300] or "no detail")
+        raise AlertmanagerRefused(f"{_shown(url)} refused: {reason}", reason)
+
+
+def _shown(url: str) -> str:
+    """The URL for messages and logs: credentials in it (``https://user:pass@am``) hidden."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))

@@ -169,6 +169,11 @@ def describe(kind: TimelineKind, detail: dict[str, Any]) -> str:
             return _remediation_line(detail)
         case TimelineKind.ESCALATED:
             return f"Escalated: {detail.get('reason', 'not acknowledged')}"
+        case TimelineKind.SILENCED:
+            comment = f": {detail['comment']}" if detail.get("comment") else ""
+            return f"Silenced for {detail.get('duration', '?')} by {_who(detail)}{comment}"
+        case TimelineKind.UNSILENCED:
+            return f"Silence lifted by {_who(detail)}"
         case TimelineKind.MAINTENANCE if detail.get("ended"):
             return "Maintenance over and still open: told now, held back by a maintenance window"
         case _:
@@ -181,6 +186,16 @@ def _remediation_line(detail: dict[str, Any]) -> str:
     status = str(detail.get("status", "?")).replace("_", " ")
     error = f": {detail['error']}" if detail.get("error") else ""
     return f"Remediation {detail.get('name', '?')} {status}{tries}{error}"
+
+
+def _who(detail: dict[str, Any]) -> str:
+    """The actor of an entry as a reader knows them: a Slack mention, a name, an e-mail."""
+    by, user, name = detail.get("by"), detail.get("user"), detail.get("name")
+    if by == "slack" and user:
+        return f"<@{user}>"
+    if name or user:
+        return str(name or user)
+    return "the API" if by == "api" else str(by or "someone")
 
 
 def _note(detail: dict[str, Any]) -> str:

@@ -41,14 +41,6 @@ class WindowAlreadyEnded(RuntimeError):
     """The window is over (on time or ended early): there is nothing left to end."""
 
 
-def created_by(actor: Actor) -> str:
-    """``api``, or ``slack:U024BE7LH (alice)``: the actor as Alertmanager's ``createdBy`` reads."""
-    if actor.user is None:
-        return actor.by
-    name = f" ({actor.name})" if actor.name and actor.name != actor.user else ""
-    return f"{actor.by}:{actor.user}{name}"
-
-
 def silence_matcher(matcher: Matcher) -> SilenceMatcher:
     """Alertmanager's v2 matcher JSON for one of ours: =, !=, =~, !~."""
     return SilenceMatcher(
@@ -72,7 +64,7 @@ def create_window(
         raise WindowAlreadyEnded("ends_at has already passed")
     window = MaintenanceWindow(
         matchers=list(request.matchers), starts_at=max(request.starts_at, now),
-        ends_at=request.ends_at, comment=request.comment, created_by=created_by(actor),
+        ends_at=request.ends_at, comment=request.comment, created_by=actor.created_by(),
         created_at=now,
     )
     session.add(window)

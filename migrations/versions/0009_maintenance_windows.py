@@ -1,7 +1,7 @@
 """Maintenance windows, and incidents held back by them.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0007
 """
 
 from alembic import op
@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql
 
 
 revision = '0009'
-down_revision = '0006'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 

@@ -16,7 +16,7 @@ RULES = load_rules(None)
 INCIDENT_KEYS = {
     "id", "key", "title", "summary", "severity", "status", "flapping", "created_at",
     "acknowledged_at", "resolved_at", "acknowledged_by", "resolved_by", "labels", "alerts", "timeline", "remediations",
-    "notifications",
+    "notifications", "silences",
     # Beyond INTERFACE's shape: how much there is, for incidents too large to show whole.
     "alerts_total", "alerts_next_cursor", "alerts_dropped", "timeline_total",
     "timeline_next_cursor",
@@ -43,6 +43,8 @@ def open_incident(n: int, **labels: str) -> int:
         ("GET", "/api/incidents/1/timeline"),
         ("POST", "/api/incidents/1/acknowledge"),
         ("POST", "/api/incidents/1/resolve"),
+        ("POST", "/api/incidents/1/silence"),
+        ("DELETE", "/api/incidents/1/silence"),
     ],
 )
 def test_every_api_route_needs_the_token(client, method, path):

@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from incident.alerts.schemas import WebhookPayload
-from incident.api import breakers, health, incidents, maintenance, webhooks
+from incident.api import breakers, health, incidents, maintenance, silences, webhooks
 from incident.api.app import create_app
 from incident.config import get_settings
 from tests.conftest import API_TOKEN, WEBHOOK_TOKEN
@@ -47,7 +47,7 @@ SETTINGS = settings(
 
 def _served_routes() -> FastAPI:
     app = FastAPI(title="incident")
-    for module in (webhooks, incidents, maintenance, breakers, health):
+    for module in (webhooks, incidents, silences, maintenance, breakers, health):
         app.include_router(module.router)
     return app
 

@@ -3,11 +3,9 @@ across an HA list whose first member is down or answers too late."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,7 +19,7 @@ from incident.integrations.alertmanager import (
     SilenceMatcher,
     SilenceRequest,
 )
-from tests.alertmanager_support import AlertmanagerProcess
+from tests.alertmanager_support import AlertmanagerProcess, SlowProxy
 
 pytestmark = [pytest.mark.alertmanager, pytest.mark.timeout(120)]
 
@@ -57,47 +55,6 @@ def request(**overrides: object) -> SilenceRequest:
 def silences_with(url: str, reference: str) -> list[dict]:
     listed = httpx.get(f"{url}/api/v2/silences", timeout=5).json()
     return [s for s in listed if reference in s["comment"] and s["status"]["state"] != "expired"]
-
-
-class SlowProxy:
-    """Forwards to Alertmanager, then answers later than the client waits."""
-
-    def __init__(self, target: str, delay: float) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.posts = 0
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _forward(self, method: str) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                answer = httpx.request(method, target + self.path, content=body,
-                                       headers={"Content-Type": "application/json"}, timeout=5)
-                if method == "POST":
-                    proxy.posts += 1
-                    proxy.released.wait(delay)
-                self.send_response(answer.status_code)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(answer.content)
-
-            def do_POST(self) -> None:
-                self._forward("POST")
-
-            def do_GET(self) -> None:
-                self._forward("GET")
-
-        self.released = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_a_silence_is_created_found_and_expired(real_alertmanager: AlertmanagerProcess) -> None:
@@ -152,3 +109,11 @@ def test_a_refused_silence_says_why(real_alertmanager: AlertmanagerProcess) -> N
     backwards = request(starts_at=now, ends_at=now - timedelta(hours=1))
     with pytest.raises(AlertmanagerRefused, match="HTTP 400"):
         Alertmanager([real_alertmanager.url]).create(backwards)
+
+
+def test_credentials_in_a_url_never_reach_the_error(tmp_path: Path) -> None:
+    url = f"http://operator:hunter2-secret@127.0.0.1:{free_port()}"
+    with pytest.raises(AlertmanagerUnavailable) as caught:
+        Alertmanager([url]).create(request())
+    assert "hunter2" not in str(caught.value)
+    assert "***@127.0.0.1" in str(caught.value)

@@ -137,3 +137,22 @@ severity:
     planned = plan(TimelineKind.OPENED, {}, state("SEV2", slack_parent=False), policy, BOTH,
                    rules.slack_channel_for({"team": "db"}))
     assert planned[0].target == "db-pager"
+
+
+def test_a_silence_is_a_thread_reply_naming_its_clicker_and_never_pages():
+    silenced = {"by": "slack", "user": "U024BE7LH", "name": "alice", "duration": "4h",
+                "comment": "deploying the fix"}
+    assert told(TimelineKind.SILENCED, state(paged=True), **silenced) == [
+        (Channel.SLACK, Action.UPDATE, "C-DEFAULT", False),
+    ]
+    assert describe(TimelineKind.SILENCED, silenced) == (
+        "Silenced for 4h by <@U024BE7LH>: deploying the fix"
+    )
+    lifted = {"by": "web", "user": "alice@example.com", "name": "alice@example.com"}
+    assert told(TimelineKind.UNSILENCED, state(paged=True), **lifted) == [
+        (Channel.SLACK, Action.UPDATE, "C-DEFAULT", False),
+    ]
+    assert describe(TimelineKind.UNSILENCED, lifted) == "Silence lifted by alice@example.com"
+    assert describe(TimelineKind.SILENCED, {"by": "api", "duration": "1h"}) == (
+        "Silenced for 1h by the API"
+    )

@@ -1,0 +1,1 @@
+"""Incident silences: an incident's alerts silenced in Alertmanager, and expired again."""
