@@ -240,3 +240,13 @@ def test_nothing_stays_in_maintenance_once_every_window_is_over(local):
     for incident_id in ids:
         expected = [] if incident_id == ids[0] else OPENING
         assert ledger(incident_id) == expected, incident_id
+
+
+def test_beat_polls_for_ended_windows_as_often_as_for_escalations(local):
+    from incident.windows.suppression import RELEASE_TASK
+    from incident.worker.app import beat_schedule
+    from incident.worker.routes import PAGE, TASK_ROUTES
+
+    entry = beat_schedule(local.settings)["release-maintenance"]
+    assert entry == {"task": RELEASE_TASK, "schedule": local.settings.escalation_poll_seconds}
+    assert TASK_ROUTES[RELEASE_TASK] == {"queue": PAGE}
