@@ -12,6 +12,7 @@ from pathlib import Path
 
 BENCHES = (
     "receiver", "end_to_end", "resend", "paging", "storm", "breaker", "backup", "durability",
+    "slack_click",
 )
 # Benches whose api and worker trees are sampled for peak RSS (bench.rss) from here;
 # the storm samples its own.
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench import backup, breaker, durability, end_to_end, loadgen, paging, receiver, report
     from bench import resend
-    from bench import rss, storm
+    from bench import rss, slack_click, storm
     from bench.noise import BackgroundLoad, cpu_speed_index
     from bench.stack import Stack
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             "breaker": lambda: breaker.run(stack, quick=args.quick),
             "backup": lambda: backup.run(stack, quick=args.quick),
             "durability": lambda: durability.run(stack, quick=args.quick, wrk=wrk),
+            "slack_click": lambda: slack_click.run(stack, quick=args.quick),
         }
         for name in selected:
             speed = cpu_speed_index()

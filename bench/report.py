@@ -207,6 +207,9 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
     storm = results.get("storm")
     if storm:
         out.extend(_storm_rows(storm))
+    click = results.get("slack_click")
+    if click:
+        out.extend(_slack_click_rows(click))
     if e2e and e2e.get("rss"):
         out.extend(_rss_rows("e2e", e2e["rss"]))
     breaker = results.get("breaker")
@@ -406,6 +409,31 @@ def _rss_rows(name: str, rss: dict) -> list[tuple[str, str, str, str]]:
             )
         )
     return rows
+
+
+def _slack_click_rows(click: dict) -> list[tuple[str, str, str, str]]:
+    def latency(measured: dict) -> str:
+        return (f"{measured['p50_ms']:.0f} / {measured['p99_ms']:.0f} ms "
+                f"(max {measured['max_ms']:.0f}, n={measured['n']})")
+
+    pace = click["plan"]["pace_per_s"]
+    return [
+        (f"slack click -> 200 p50/p99 ({click['clicks']} clicks at {pace:.0f}/s)",
+         latency(click["click_to_200"]), f"max < {click['click_200_target_ms']:.0f} ms",
+         _verdict(click["target_met"])),
+        ("slack click -> PagerDuty acknowledge p50/p99",
+         f"{latency(click['click_to_pagerduty_ack'])}; by the Slack user "
+         f"{click['acknowledged_by_slack_user']}/{click['incidents']}, "
+         f"duplicates {click['duplicate_acknowledges']}", "", ""),
+        ("slack click stages p50/p99",
+         "to acknowledged in PostgreSQL {}; then to PagerDuty {}".format(
+             *(f"{click['stages_ms'][stage]['p50_ms']:.0f}/{click['stages_ms'][stage]['p99_ms']:.0f} ms"
+               for stage in ("to_acknowledged", "to_pagerduty"))), "", ""),
+        ("  reference, same run: webhook -> 202 p50/p99",
+         latency(click["reference_webhook_to_202"]), "", ""),
+        ("  reference, same run: webhook -> PagerDuty trigger p50/p99",
+         latency(click["reference_webhook_to_pagerduty_trigger"]), "", ""),
+    ]
 
 
 def _verdict(ok: bool) -> str:

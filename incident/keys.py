@@ -35,3 +35,9 @@ BACKUP_ARMED_AT = "incident:backup:armed-at"
 
 # Periodic jobs' locks (maintenance/locks.py).
 LOCK = "incident:lock:"
+
+# Slack interactivity (api/slack.py, interactions/): each signature seen in the
+# last five minutes, so a replayed click is refused; and a click's response_url,
+# kept briefly under a random key so that task arguments never carry it.
+SLACK_SEEN_SIGNATURE = "incident:slack:seen-signature:"
+SLACK_RESPONSE_URL = "incident:slack:response-url:"

@@ -56,7 +56,10 @@ def build_slack(settings: Settings) -> SlackPoster | None:
     # Imported here so that a process without Slack never loads slack_sdk.
     from incident.integrations.slack import SlackNotifier
 
-    return SlackNotifier(token, api_url=settings.slack_api_url)
+    return SlackNotifier(
+        token, api_url=settings.slack_api_url,
+        interactive=settings.slack_signing_secret is not None,
+    )
 
 
 def build_pager(settings: Settings) -> Pager | None:

@@ -94,6 +94,9 @@ class IncidentView:
     external_url: str
     incident_url: str
     created_at: datetime
+    # Who acknowledged and who resolved it: {"by", "user", "name"} as recorded.
+    acknowledged_by: dict[str, str] | None = None
+    resolved_by: dict[str, str] | None = None
 
     @property
     def firing_alerts(self) -> tuple[AlertView, ...]:

@@ -63,12 +63,15 @@ class SlackNotifier:
         api_url: str = "https://slack.com/api/",
         timeout: int = 10,
         ca_bundle: str | None = None,
+        interactive: bool = False,
     ) -> None:
+        """``interactive``: parent messages carry buttons (Slack interactivity is set up)."""
         # None keeps urllib's default context, which honours SSL_CERT_FILE.
         context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
         self._client = WebClient(
             token=token, base_url=api_url, timeout=timeout, ssl=context, retry_handlers=[]
         )
+        self._interactive = interactive
         self._channel_ids: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -78,12 +81,12 @@ class SlackNotifier:
     def post_parent(
         self, channel: str, incident: IncidentView, *, ledger_id: int, stamp: str = ""
     ) -> str:
-        text, blocks = render_parent(incident)
+        text, blocks = render_parent(incident, interactive=self._interactive)
         metadata = notification_metadata(ledger_id, stamp=stamp, incident_id=incident.id)
         return self._post(channel, text=text, blocks=blocks, metadata=metadata)
 
     def update_parent(self, channel: str, ts: str, incident: IncidentView) -> None:
-        text, blocks = render_parent(incident)
+        text, blocks = render_parent(incident, interactive=self._interactive)
         channel_id = self._channel_id(channel)
         # Without `metadata`, Slack keeps the message's metadata: the ledger id stays.
         self._call(

@@ -10,6 +10,7 @@ rather than trusted to fit.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +36,18 @@ STATUS_EMOJI = {
 }
 
 Block = dict[str, Any]
+
+# The parent's controls (with INCIDENT_SLACK_SIGNING_SECRET): each action id,
+# and the Silence menu's choices. A button's value is the incident id; a
+# menu option's is "{incident id}:{duration}".
+ACKNOWLEDGE_ACTION = "incident.acknowledge"
+RESOLVE_ACTION = "incident.resolve"
+SILENCE_ACTION = "incident.silence"
+SILENCE_CHOICES = ("1h", "4h", "24h")
+ACTIONS_BLOCK = "incident.actions"
+# A Slack user (or Enterprise Grid user) id, safe inside a <@…> mention.
+_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,40}")
+NAME_LIMIT = 200
 
 
 _MRKDWN_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
@@ -92,8 +105,42 @@ def notification_metadata(ledger_id: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-def render_parent(incident: IncidentView) -> tuple[str, list[Block]]:
-    """The parent message: its plain fallback ``text`` and its blocks."""
+def actor_phrase(actor: dict[str, str] | None) -> str:
+    """Who did something, to follow a verb: "by <@U024BE7LH>", "through the API"…
+
+    A Slack user is mentioned by id (Slack shows the current display name);
+    every other name is escaped, since it comes from outside.
+    """
+    actor = actor or {}
+    by = actor.get("by")
+    user = actor.get("user") or ""
+    name = escaped_within(actor.get("name") or user, NAME_LIMIT)
+    match by:
+        case "slack" if _SLACK_USER_ID.fullmatch(user):
+            return f"by <@{user}>"
+        case "slack" | "web":
+            return f"by {name}" if name else ""
+        case "pagerduty":
+            return f"in PagerDuty by {name}" if name else "in PagerDuty"
+        case "api":
+            return "through the API"
+        case "alertmanager":
+            return "by Alertmanager"
+        case "stale":
+            return "as stale"
+        case "maintenance":
+            return "by a maintenance window"
+        case "system":
+            return "automatically"
+    return ""
+
+
+def render_parent(incident: IncidentView, *, interactive: bool = False) -> tuple[str, list[Block]]:
+    """The parent message: its plain fallback ``text`` and its blocks.
+
+    ``interactive``: an open incident carries Acknowledge and Resolve buttons
+    and a Silence menu (Acknowledge only while nobody has acknowledged it).
+    """
     emoji = STATUS_EMOJI.get(incident.status, ":grey_question:")
     blocks: list[Block] = [
         {
@@ -106,6 +153,9 @@ def render_parent(incident: IncidentView) -> tuple[str, list[Block]]:
         },
         {"type": "section", "fields": _fields(incident)},
     ]
+    who = _who(incident)
+    if who:
+        blocks.append(_section(who))
     details = _details(incident)
     if details:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": details}})
@@ -113,6 +163,8 @@ def render_parent(incident: IncidentView) -> tuple[str, list[Block]]:
     if links:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": links}})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _context(incident)}]})
+    if interactive and incident.status != "resolved":
+        blocks.append(_controls(incident))
 
     fallback = f"{emoji} [{incident.severity}] {incident.title}"
     if incident.summary:
@@ -152,6 +204,45 @@ def render_digest(lines: list[str]) -> tuple[str, list[Block]]:
         more = f"…and {len(lines) - placed} more"
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": more}]})
     return escaped_within(title + "\n" + "\n".join(lines), TEXT_LIMIT), blocks
+
+
+def _who(incident: IncidentView) -> str:
+    lines = []
+    if incident.acknowledged_by:
+        lines.append(f"Acknowledged {actor_phrase(incident.acknowledged_by)}".strip())
+    if incident.resolved_by and incident.status == "resolved":
+        lines.append(f"Resolved {actor_phrase(incident.resolved_by)}".strip())
+    return "\n".join(lines)
+
+
+def _button(text: str, action_id: str, value: str, style: str | None = None) -> Block:
+    button: Block = {
+        "type": "button",
+        "text": {"type": "plain_text", "text": text},
+        "action_id": action_id,
+        "value": value,
+    }
+    if style:
+        button["style"] = style
+    return button
+
+
+def _controls(incident: IncidentView) -> Block:
+    value = str(incident.id)
+    elements: list[Block] = []
+    if incident.status == "triggered":
+        elements.append(_button("Acknowledge", ACKNOWLEDGE_ACTION, value, "primary"))
+    elements.append(_button("Resolve", RESOLVE_ACTION, value))
+    elements.append({
+        "type": "static_select",
+        "action_id": SILENCE_ACTION,
+        "placeholder": {"type": "plain_text", "text": "Silence"},
+        "options": [
+            {"text": {"type": "plain_text", "text": choice}, "value": f"{value}:{choice}"}
+            for choice in SILENCE_CHOICES
+        ],
+    })
+    return {"type": "actions", "block_id": ACTIONS_BLOCK, "elements": elements}
 
 
 def _section(text: str) -> Block:

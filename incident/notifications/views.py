@@ -32,6 +32,8 @@ def incident_view(incident: Incident, public_url: str) -> IncidentView:
         external_url=incident.external_url,
         incident_url=f"{public_url.rstrip('/')}/api/incidents/{incident.id}",
         created_at=incident.created_at,
+        acknowledged_by=dict(incident.acknowledged_by) if incident.acknowledged_by else None,
+        resolved_by=dict(incident.resolved_by) if incident.resolved_by else None,
     )
 
 

@@ -7,7 +7,7 @@ runs for every alert, only walks tuples of ready predicates.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, model_validator
 
@@ -51,6 +51,17 @@ class SeverityRules(StrictModel):
     rules: tuple[SeverityRule, ...] = Field(default_factory=_default_severity_rules)
 
 
+SlackUserId = Annotated[str, Field(pattern=r"^[UW][A-Z0-9]{2,40}$")]
+
+
+class SlackActions(StrictModel):
+    # Who may use the buttons on Slack messages: Slack user ids; unset, anyone who sees them.
+    allowed_users: tuple[SlackUserId, ...] | None = None
+
+    def allows(self, user_id: str) -> bool:
+        return self.allowed_users is None or user_id in self.allowed_users
+
+
 class Rules(StrictModel):
     """A validated rules file; sections the file omits take the built-in defaults."""
 
@@ -58,6 +69,7 @@ class Rules(StrictModel):
     remediations: tuple[AnyRemediation, ...] = ()
     escalation: Escalation = Field(default_factory=Escalation)
     maintenance: Maintenance = Field(default_factory=Maintenance)
+    slack: SlackActions = Field(default_factory=SlackActions)
 
     @model_validator(mode="before")
     @classmethod

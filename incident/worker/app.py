@@ -27,6 +27,7 @@ TASK_MODULES = [
     "incident.worker.tasks.remediation",
     "incident.worker.tasks.maintenance",
     "incident.worker.tasks.silences",
+    "incident.worker.tasks.interactions",
     "incident.worker.tasks.windows",
 ]
 # How often each worker looks for outbox messages a crash left unsent.

@@ -19,6 +19,8 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     # Releasing incidents from ended maintenance windows pages: not behind a backup either.
     "incident.windows.release_ended": {"queue": PAGE},
     "incident.notifications.sweep_undelivered": {"queue": MAINTENANCE},
+    # Someone is waiting for a click to take effect, and it may page (acknowledge).
+    "incident.interactions.slack_click": {"queue": PAGE},
     "incident.remediation.run": {"queue": REMEDIATE},
     # Asked for by a person waiting for the answer in Slack.
     "incident.silences.silence": {"queue": PAGE},

@@ -29,9 +29,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from incident.alerts.schemas import WebhookPayload
-from incident.api import breakers, health, incidents, maintenance, silences, webhooks
+from incident.api import breakers, health, incidents, maintenance, silences, slack, webhooks
 from incident.api.app import create_app
-from incident.config import get_settings
+from incident.config import Settings, get_settings
 from tests.conftest import API_TOKEN, WEBHOOK_TOKEN
 from tests.factories import alert, payload
 
@@ -47,7 +47,7 @@ SETTINGS = settings(
 
 def _served_routes() -> FastAPI:
     app = FastAPI(title="incident")
-    for module in (webhooks, incidents, silences, maintenance, breakers, health):
+    for module in (webhooks, incidents, silences, maintenance, slack, breakers, health):
         app.include_router(module.router)
     return app
 
@@ -155,3 +155,22 @@ def test_undeclared_answers_on_incident_routes_and_metrics(case, app, some_incid
 def test_schema_violating_webhooks_are_rejected(case, app, some_incidents):
     response = case.call(app=app, headers=authorized(case))
     case.validate_response(response, checks=[not_a_server_error, negative_data_rejection])
+
+
+SLACK = "/slack/interactions"
+
+
+@pytest.fixture(scope="module")
+def slack_app(incident_environment: dict[str, str]) -> FastAPI:
+    return create_app(Settings(slack_signing_secret="fuzz-signing-secret"))
+
+
+@every_input.include(path=SLACK).parametrize()
+@SETTINGS
+def test_slack_interactions_with_a_secret_refuse_unsigned_input_as_documented(case, slack_app):
+    """With the secret set, schemathesis' (unsigned) forms, and other methods, are refused, never a 5xx."""
+    response = case.call(app=slack_app)
+    assert response.status_code in {401, 405, 413}, response.text[:300]
+    case.validate_response(
+        response, checks=[not_a_server_error, status_code_conformance, content_type_conformance]
+    )
