@@ -32,6 +32,7 @@ from incident.remediation.engine import RemediationEngine, RemediationScheduler
 from incident.rules import Rules
 from incident.sharedstate import redis_for
 from incident.silences.service import Silences
+from incident.windows.suppression import MaintenanceGate
 
 
 class Context:
@@ -55,8 +56,10 @@ class Context:
 
     @cached_property
     def events(self) -> EventBus:
-        """Who reacts to incident events: notifications first, then remediations."""
+        """Who reacts to incident events: the maintenance gate first (an incident it holds
+        back is skipped by the rest), then notifications, then remediations."""
         return EventBus(
+            MaintenanceGate(),
             NotificationPlanner(self.rules, self.channels),
             RemediationScheduler(self.rules, self.settings.public_url),
         )

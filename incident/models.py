@@ -5,6 +5,7 @@ from incident.incidents.outbox import OutboxMessage
 from incident.notifications.models import EscalationTimer, Notification, PagerDutyEvent
 from incident.remediation.models import RemediationRun
 from incident.silences.models import IncidentSilence
+from incident.windows.models import MaintenanceWindow
 
 __all__ = [
     "Alert",
@@ -12,6 +13,7 @@ __all__ = [
     "EscalationTimer",
     "Incident",
     "IncidentSilence",
+    "MaintenanceWindow",
     "Notification",
     "OutboxMessage",
     "PagerDutyEvent",

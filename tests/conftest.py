@@ -28,7 +28,7 @@ from incident.migrate import upgrade
 
 WEBHOOK_TOKEN = "test-webhook-token-5f1c"
 API_TOKEN = "test-api-token-9b7e"
-TABLES = ("outbox_messages", "remediation_runs", "notifications", "escalation_timers", "timeline_entries", "alerts", "incidents", "alert_groups")
+TABLES = ("maintenance_windows", "outbox_messages", "remediation_runs", "notifications", "escalation_timers", "timeline_entries", "alerts", "incidents", "alert_groups")
 
 
 def _libpq(url: str) -> str:

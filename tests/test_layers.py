@@ -73,7 +73,7 @@ def test_only_the_lifecycle_writes_timeline_entries_or_changes_an_incidents_stat
     import re
 
     writes = re.compile(
-        r"TimelineEntry\(|\b(?:incident|last)\.(?:status|severity|acknowledged_(?:at|by)|resolved_(?:at|by))\s*=[^=]"
+        r"TimelineEntry\(|\b(?:incident|last)\.(?:status|severity|in_maintenance|acknowledged_(?:at|by)|resolved_(?:at|by))\s*=[^=]"
     )
     found = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"

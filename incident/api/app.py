@@ -8,7 +8,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from incident import __version__
-from incident.api import breakers, health, incidents, pagerduty, silences, slack, webhooks
+from incident.api import (
+    breakers, health, incidents, maintenance, pagerduty, silences, slack, webhooks,
+)
 from incident.api.errors import error_response, validation_fields
 from incident.config import Settings, get_settings
 from incident.context import Context
@@ -35,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pagerduty.router)
     app.include_router(incidents.router)
     app.include_router(silences.router)
+    app.include_router(maintenance.router)
     app.include_router(slack.router)
     app.include_router(breakers.router)
     app.include_router(health.router)

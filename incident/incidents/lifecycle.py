@@ -10,6 +10,7 @@ commits or rolls back with it. Callers hold the incident's row lock.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,15 @@ class Actor:
         fields = {"by": self.by, "user": self.user, "name": self.name}
         return {key: value for key, value in fields.items() if value}
 
+    def created_by(self) -> str:
+        """As Alertmanager's ``createdBy`` reads: ``slack:U024BE7LH (alice)``,
+        ``web:alice@example.com``, ``api``."""
+        if not self.user:
+            return self.by
+        if self.name and self.name != self.user:
+            return f"{self.by}:{self.user} ({self.name})"
+        return f"{self.by}:{self.user}"
+
 
 ALERTMANAGER = Actor("alertmanager")
 API = Actor("api")
@@ -48,6 +58,18 @@ SYSTEM = Actor("system")
 SLACK = "slack"
 PAGERDUTY = "pagerduty"
 WEB = "web"
+
+
+def announced_opening(kind: str, detail: Mapping[str, Any]) -> TimelineKind | None:
+    """The opening a timeline entry is told as, or None: ``opened`` and ``reopened``
+    themselves, and the end of an open incident's maintenance, which stands for the
+    opening it held back (see ``leave_maintenance``)."""
+    kind = TimelineKind(kind)
+    if kind in OPENINGS:
+        return kind
+    if kind is TimelineKind.MAINTENANCE and (opening := detail.get("opening")):
+        return TimelineKind(opening)
+    return None
 
 
 class TransitionNotAllowed(RuntimeError):
@@ -180,6 +202,20 @@ class Lifecycle:
 
     def note(self, incident: Incident, actor: Actor, text: str) -> TimelineEntry:
         return self._record(incident, TimelineKind.NOTE, actor, note=text)
+
+    def enter_maintenance(self, incident: Incident, *, windows: list[int]) -> TimelineEntry:
+        """Opened under maintenance windows: recorded, told to nobody until they end."""
+        incident.in_maintenance = True
+        return self._record(incident, TimelineKind.MAINTENANCE, MAINTENANCE, windows=windows)
+
+    def leave_maintenance(self, incident: Incident, *, opening: TimelineKind) -> TimelineEntry:
+        """No window covers it any more. An open incident's entry stands for ``opening``
+        (its latest opening, held back until now) and is told as that; a resolved one's
+        is told nothing."""
+        incident.in_maintenance = False
+        held_back = {} if incident.status == IncidentStatus.RESOLVED else {"opening": opening.value}
+        return self._record(incident, TimelineKind.MAINTENANCE, MAINTENANCE, ended=True,
+                            **held_back)
 
     def track_flapping(self, incident: Incident, policy: Flapping) -> None:
         """Flapping after ``policy.transitions`` resolutions/reopenings within ``policy.within``;

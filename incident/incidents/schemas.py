@@ -85,6 +85,8 @@ class IncidentOut(_Out):
     severity: str
     status: str
     flapping: bool
+    # Opened under a maintenance window: told to nobody until no window covers it.
+    in_maintenance: bool
     created_at: datetime
     acknowledged_at: datetime | None
     resolved_at: datetime | None
@@ -122,7 +124,7 @@ class IncidentOut(_Out):
 
 # Read from the incident row itself (and the relationships the caller loaded).
 _FROM_ROW = (
-    "id", "key", "title", "summary", "severity", "status", "flapping", "created_at",
+    "id", "key", "title", "summary", "severity", "status", "flapping", "in_maintenance", "created_at",
     "acknowledged_at", "resolved_at", "acknowledged_by", "resolved_by", "labels", "alerts_dropped", "remediations",
     "notifications", "silences",
 )

@@ -58,6 +58,10 @@ class NotificationPlanner:
         now: datetime,
     ) -> None:
         timers.on_timeline(session, incident, entries, self.rules, now)
+        if incident.in_maintenance:
+            # Opened under a maintenance window: the end of its maintenance is told
+            # as its opening, and nothing before it is told at all.
+            return
         # An incident opened in this very transaction has been told nothing yet.
         new = TimelineKind(entries[0].kind) is TimelineKind.OPENED
         paged = not new and _has_trigger(session, incident.id, Channel.PAGERDUTY)

@@ -4,7 +4,9 @@ Slack keeps one parent message per incident, edited as status and severity
 change, with every later event as a reply in its thread. PagerDuty gets one
 trigger per opening (dedup_key = the incident key), then acknowledge and
 resolve. A flapping incident stops paging until it settles. What PagerDuty
-itself told us (``by: pagerduty``) is never sent back to it. With neither
+itself told us (``by: pagerduty``) is never sent back to it. An incident
+opened under a maintenance window is told nothing until the window ends; the
+end of its maintenance is then told as its opening. With neither
 Slack nor PagerDuty configured, everything goes to the console notifier.
 """
 
@@ -14,13 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from incident.config import Settings
-from incident.incidents.lifecycle import PAGERDUTY
+from incident.incidents.lifecycle import PAGERDUTY, announced_opening
 from incident.incidents.models import TimelineKind
 from incident.notifications.models import Action, Channel
 from incident.rules import Severity
 from incident.rules.escalation import EscalationPolicy
 
-_OPENINGS = {TimelineKind.OPENED, TimelineKind.REOPENED}
 # Events that change what the parent message shows, so it is edited as well.
 EDITS_PARENT = {
     TimelineKind.REOPENED,
@@ -88,10 +89,15 @@ def plan(
     if kind is TimelineKind.REMEDIATION and not detail.get("announce"):
         # Retries in progress, and outcomes of `on_failure: ignore`: recorded only.
         return []
+    opening = announced_opening(kind, detail)
+    if kind is TimelineKind.MAINTENANCE and opening is None:
+        # The end of a resolved incident's maintenance: it was never told, nor is now.
+        return []
     text = describe(kind, detail)
     urgent = incident.severity.rank <= 2
     if channels.console_only:
-        return [Planned(Channel.CONSOLE, _console_action(kind), text=text, priority=urgent)]
+        action = Action.TRIGGER if opening is TimelineKind.OPENED else _console_action(kind)
+        return [Planned(Channel.CONSOLE, action, text=text, priority=urgent)]
 
     planned: list[Planned] = []
     if channels.slack and policy.slack_enabled:
@@ -103,17 +109,19 @@ def plan(
             planned.append(
                 Planned(
                     Channel.SLACK, _SLACK_ACTION.get(kind, Action.UPDATE), target, text,
-                    priority=urgent and kind in _OPENINGS | {TimelineKind.ESCALATED},
+                    priority=urgent and (opening is not None or kind is TimelineKind.ESCALATED),
                 )
             )
     if channels.pagerduty and detail.get("by") != PAGERDUTY:
-        planned.extend(_pagerduty(kind, incident, policy))
+        planned.extend(_pagerduty(kind, opening is not None, incident, policy))
     return planned
 
 
-def _pagerduty(kind: TimelineKind, incident: IncidentState, policy: EscalationPolicy) -> list[Planned]:
+def _pagerduty(
+    kind: TimelineKind, opening: bool, incident: IncidentState, policy: EscalationPolicy
+) -> list[Planned]:
     pages = policy.pagerduty is not None and not incident.flapping
-    if kind in _OPENINGS or kind is TimelineKind.SEVERITY_CHANGED:
+    if opening or kind is TimelineKind.SEVERITY_CHANGED:
         # A raised severity re-triggers with the same dedup_key: PagerDuty
         # updates the alert it has rather than opening another.
         if pages:
@@ -173,6 +181,8 @@ def describe(kind: TimelineKind, detail: dict[str, Any]) -> str:
             return f"Silenced for {detail.get('duration', '?')} by {_who(detail)}{comment}"
         case TimelineKind.UNSILENCED:
             return f"Silence lifted by {_who(detail)}"
+        case TimelineKind.MAINTENANCE if detail.get("ended"):
+            return "Maintenance over and still open: told now, held back by a maintenance window"
         case _:
             return kind.value.replace("_", " ").capitalize()
 

@@ -1,7 +1,8 @@
 """Escalation timers: rows in PostgreSQL, polled by beat, never Celery ETAs.
 
-A timer is (re)armed when an incident opens, reopens or changes severity, and
-disarmed once it is acknowledged or resolved. Firing locks each due timer's
+A timer is (re)armed when an incident opens, reopens or changes severity (or
+its maintenance ends, told as its opening), and disarmed once it is
+acknowledged or resolved, and while it is in maintenance. Firing locks each due timer's
 incident, then the timer (the order every transition uses), with SKIP LOCKED,
 and moves the timer on in the same transaction, so two beats polling at once
 never fire the same step twice, and a restart loses nothing: the row is still
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from incident.incidents.lifecycle import SYSTEM, Lifecycle
+from incident.incidents.lifecycle import SYSTEM, Lifecycle, announced_opening
 from incident.incidents.models import Incident, IncidentStatus, TimelineEntry, TimelineKind
 from incident.notifications.models import EscalationTimer
 from incident.rules import Rules, Severity
@@ -38,9 +39,11 @@ def on_timeline(
     session: Session, incident: Incident, entries: Sequence[TimelineEntry], rules: Rules,
     now: datetime,
 ) -> None:
-    if incident.status != IncidentStatus.TRIGGERED:
+    if incident.status != IncidentStatus.TRIGGERED or incident.in_maintenance:
         _disarm(session, incident.id)
-    elif any(TimelineKind(e.kind) in _ARMS for e in entries):
+    elif any(
+        TimelineKind(e.kind) in _ARMS or announced_opening(e.kind, e.detail) for e in entries
+    ):
         arm(session, incident, rules, now)
 
 
@@ -105,7 +108,7 @@ def fire_due(session: Session, rules: Rules, life: Lifecycle, *, limit: int = 10
         ).one_or_none()
         if timer is None:  # fired, disarmed or re-armed since it was read
             continue
-        if incident.status != IncidentStatus.TRIGGERED:
+        if incident.status != IncidentStatus.TRIGGERED or incident.in_maintenance:
             timer.active = False
             continue
         _fire(timer, incident, rules, life)

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from incident.db import session_scope
 from incident.incidents import outbox
 from incident.incidents.events import NO_SUBSCRIBERS, EventBus
-from incident.incidents.lifecycle import OPENINGS, SYSTEM, Lifecycle
+from incident.incidents.lifecycle import SYSTEM, Lifecycle, announced_opening
 from incident.incidents.models import Incident, IncidentStatus, TimelineEntry, TimelineKind
 from incident.metrics import count
 from incident.queues import REMEDIATE
@@ -126,7 +126,8 @@ def incident_url(public_url: str, incident_id: int) -> str:
 class RemediationScheduler:
     """Subscriber: a run for each matching remediation when an incident opens.
 
-    On a reopening, only those whose rule says ``run_on_reopen``. The run and
+    On a reopening, only those whose rule says ``run_on_reopen``. None while the
+    incident is in maintenance: the end of it counts as the opening it held back. The run and
     its first attempt's message commit with the opening.
     """
 
@@ -138,11 +139,11 @@ class RemediationScheduler:
         self, session: Session, incident: Incident, entries: Sequence[TimelineEntry],
         now: datetime,
     ) -> None:
-        if not self.rules.remediations:
+        if not self.rules.remediations or incident.in_maintenance:
             return
         for entry in entries:
-            kind = TimelineKind(entry.kind)
-            if kind not in OPENINGS:
+            kind = announced_opening(entry.kind, entry.detail)
+            if kind is None:
                 continue
             for rule in self.rules.matching_remediations(incident.labels):
                 if kind is TimelineKind.REOPENED and not rule.run_on_reopen:

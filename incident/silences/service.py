@@ -86,11 +86,7 @@ def check_duration(duration: timedelta) -> timedelta:
 
 def created_by(actor: Actor) -> str:
     """``slack:U024BE7LH (alice)``, ``web:alice@example.com``, ``api``."""
-    if not actor.user:
-        return actor.by
-    if actor.name and actor.name != actor.user:
-        return f"{actor.by}:{actor.user} ({actor.name})"
-    return f"{actor.by}:{actor.user}"
+    return actor.created_by()
 
 
 def group_matchers(group_labels: Mapping[str, str]) -> list[SilenceMatcher]:

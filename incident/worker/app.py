@@ -28,6 +28,7 @@ TASK_MODULES = [
     "incident.worker.tasks.maintenance",
     "incident.worker.tasks.silences",
     "incident.worker.tasks.interactions",
+    "incident.worker.tasks.windows",
 ]
 # How often each worker looks for outbox messages a crash left unsent.
 OUTBOX_POLL_SECONDS = 1.0
@@ -119,6 +120,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "fire-escalations": {"task": "incident.notifications.fire_escalations", "schedule": every},
         "sweep-undelivered": {"task": "incident.notifications.sweep_undelivered", "schedule": every},
         "sweep-remediations": {"task": "incident.remediation.sweep", "schedule": every},
+        "release-maintenance": {"task": "incident.windows.release_ended", "schedule": every},
         "purge-resolved": {"task": "incident.maintenance.purge_resolved", "schedule": 3600.0},
         "resolve-stale": {
             "task": "incident.maintenance.resolve_stale",

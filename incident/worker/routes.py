@@ -16,6 +16,8 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     # coalesced rows: behind a storm's backlog in `notify` they would starve.
     "incident.notifications.flush_slack_digest": {"queue": PAGE},
     "incident.notifications.fire_escalations": {"queue": PAGE},
+    # Releasing incidents from ended maintenance windows pages: not behind a backup either.
+    "incident.windows.release_ended": {"queue": PAGE},
     "incident.notifications.sweep_undelivered": {"queue": MAINTENANCE},
     # An acknowledgement in PagerDuty stops escalations: it must not wait behind a storm.
     "incident.notifications.apply_pagerduty_event": {"queue": PAGE},

@@ -20,6 +20,8 @@ INCIDENT_KEYS = {
     # Beyond INTERFACE's shape: how much there is, for incidents too large to show whole.
     "alerts_total", "alerts_next_cursor", "alerts_dropped", "timeline_total",
     "timeline_next_cursor",
+    # Held back by a maintenance window.
+    "in_maintenance",
 }
 
 

@@ -1,4 +1,5 @@
-"""Hypothesis against /api/*: query strings, path ids and acknowledge/resolve bodies.
+"""Hypothesis against /api/*: query strings, path ids, acknowledge/resolve bodies and
+maintenance windows.
 
 Never a 5xx; every rejection is JSON and names what was wrong. The incidents
 are made in-process (no worker needed: nothing here waits for a delivery).
@@ -6,6 +7,7 @@ are made in-process (no worker needed: nothing here waits for a delivery).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +23,13 @@ from incident.incidents.ingest import ingest_payload
 from incident.worker.tasks import context
 from tests.conftest import API_TOKEN, TABLES
 from tests.factories import alert, payload
-from tests.fuzz.conftest import CHARS, assert_rejection_names_fields, fuzz_settings, json_values
+from tests.fuzz.conftest import (
+    CHARS,
+    assert_rejection_names_fields,
+    fuzz_settings,
+    json_values,
+    rfc3339,
+)
 
 pytestmark = pytest.mark.fuzz
 HEADERS = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -129,5 +137,69 @@ def test_acknowledge_and_resolve_bodies_never_get_a_server_error(receiver, incid
             named = assert_rejection_names_fields(response)
             if isinstance(body, dict):
                 assert set(named) <= set(body) | {"note"}, (named, body)
+
+    answered()
+
+
+# --- maintenance windows ---------------------------------------------------------
+
+WINDOW_FIELDS = {"matchers", "starts_at", "ends_at", "comment"}
+near_now = st.integers(-3600, 40 * 86400).map(
+    lambda seconds: (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+)
+matcher_texts = st.one_of(
+    st.builds(
+        lambda name, op, value: f'{name}{op}"{value}"',
+        st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,8}", fullmatch=True),
+        st.sampled_from(["=", "!=", "=~", "!~"]),
+        st.text(CHARS, max_size=20),
+    ),
+    st.text(CHARS, max_size=40),
+    st.sampled_from(['a=~"("', 'a=~"\\\\"', "a=", '="x"', 'a!~".*"', 'a="\\"', "{a=\"b\"}"]),
+)
+window_bodies = st.one_of(
+    st.fixed_dictionaries({}, optional={
+        "matchers": st.one_of(st.lists(matcher_texts, max_size=4), json_values),
+        "starts_at": st.one_of(near_now, rfc3339(), json_values),
+        "ends_at": st.one_of(near_now, rfc3339(), json_values),
+        "comment": st.one_of(st.text(CHARS, max_size=50), json_values),
+    }),
+    st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+    json_values, st.binary(max_size=64),
+)
+
+
+def test_maintenance_window_bodies_never_get_a_server_error(receiver, incident_ids):
+    @fuzz_settings(300)
+    @given(body=window_bodies)
+    def answered(body: Any) -> None:
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        response = receiver.post("/api/maintenance", content=raw,
+                                 headers={**HEADERS, "Content-Type": "application/json"})
+        assert response.status_code in {201, 400, 422}, (raw[:200], response.status_code, response.text[:300])
+        assert response.json()
+        if response.status_code == 400:  # not UTF-8: not JSON at all
+            assert response.json()["error"]
+            return
+        if response.status_code == 201:
+            window = response.json()
+            assert window["matchers"] and window["active"] in (True, False)
+            return
+        named = assert_rejection_names_fields(response)
+        if isinstance(body, dict):
+            known = {f"body.{name}" for name in set(body) | WINDOW_FIELDS}
+            assert all(any(field == k or field.startswith(f"{k}.") for k in known)
+                       for field in named) or named == ["body"], (named, body)
+
+    answered()
+
+
+def test_ending_maintenance_windows_by_any_id_never_gets_a_server_error(receiver, incident_ids):
+    @fuzz_settings(150)
+    @given(raw_id=ids)
+    def answered(raw_id: str) -> None:
+        response = receiver.delete(f"/api/maintenance/{quote(raw_id, safe='')}", headers=HEADERS)
+        assert response.status_code in {200, 404, 405, 409, 422}, (raw_id, response.text[:300])
+        assert response.headers["content-type"].startswith("application/json")
 
     answered()

@@ -29,7 +29,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from incident.alerts.schemas import WebhookPayload
-from incident.api import breakers, health, incidents, pagerduty, silences, slack, webhooks
+from incident.api import (
+    breakers, health, incidents, maintenance, pagerduty, silences, slack, webhooks,
+)
 from incident.api.app import create_app
 from incident.config import Settings, get_settings
 from tests.conftest import API_TOKEN, WEBHOOK_TOKEN
@@ -47,7 +49,8 @@ SETTINGS = settings(
 
 def _served_routes() -> FastAPI:
     app = FastAPI(title="incident")
-    for module in (webhooks, pagerduty, incidents, silences, slack, breakers, health):
+    for module in (webhooks, pagerduty, incidents, silences, maintenance, slack, breakers,
+                   health):
         app.include_router(module.router)
     return app
 

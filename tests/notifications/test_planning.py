@@ -82,9 +82,30 @@ def test_slack_off_for_a_severity_tells_slack_nothing():
 
 @pytest.mark.parametrize("kind", list(TimelineKind))
 def test_with_nothing_configured_every_event_goes_to_the_console(kind):
-    planned = told(kind, state(), CONSOLE, announce=True)
+    # A maintenance entry is told only when it releases an open incident.
+    planned = told(kind, state(), CONSOLE, announce=True, ended=True, opening="opened")
     assert planned[0][0] == Channel.CONSOLE
     assert len(planned) == 1
+
+
+def test_the_end_of_maintenance_is_told_as_the_opening_it_held_back():
+    released = {"ended": True, "opening": "opened"}
+    assert told(TimelineKind.MAINTENANCE, state(slack_parent=False), **released) == [
+        (Channel.SLACK, Action.TRIGGER, "C-DEFAULT", True),
+        (Channel.PAGERDUTY, Action.TRIGGER, "critical", True),
+    ]
+    # Held back at a reopening: a reply under the parent it already has, and a page.
+    assert told(TimelineKind.MAINTENANCE, state(paged=True), ended=True, opening="reopened") == [
+        (Channel.SLACK, Action.UPDATE, "C-DEFAULT", True),
+        (Channel.PAGERDUTY, Action.TRIGGER, "critical", True),
+    ]
+    assert told(TimelineKind.MAINTENANCE, state(), CONSOLE, **released)[0][1] is Action.TRIGGER
+
+
+def test_maintenance_that_releases_nothing_open_tells_nobody():
+    assert told(TimelineKind.MAINTENANCE, state(slack_parent=False), windows=[1]) == []
+    assert told(TimelineKind.MAINTENANCE, state(slack_parent=False), ended=True) == []
+    assert told(TimelineKind.MAINTENANCE, state(), CONSOLE, ended=True) == []
 
 
 @pytest.mark.parametrize("channels", [CONSOLE, None], ids=["console", "slack+pagerduty"])
