@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from incident.embedded import free_port
@@ -120,3 +124,32 @@ class SlowProxy:
         self.released.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def alertmanager_binary() -> str:
+    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if found:
+        return found
+    reason = (
+        "the Alertmanager binary (prometheus-alertmanager) is not installed; "
+        "run `make test`, which installs Debian's prometheus-alertmanager"
+    )
+    if os.environ.get("INCIDENT_TEST_SKIP_ALERTMANAGER") == "1":
+        pytest.skip(f"INCIDENT_TEST_SKIP_ALERTMANAGER=1: {reason}")
+    pytest.fail(reason, pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def real_alertmanager(
+    alertmanager_binary: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AlertmanagerProcess]:
+    """One Alertmanager for the module's silences; nothing it notifies is listened to."""
+    process = AlertmanagerProcess(
+        alertmanager_binary, tmp_path_factory.mktemp("alertmanager"), "http://127.0.0.1:9/unused"
+    )
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()

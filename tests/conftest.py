@@ -26,9 +26,16 @@ from incident.db import engine_for
 from incident.embedded import EmbeddedPostgres, EmbeddedRedis
 from incident.migrate import upgrade
 
+# Fixtures of the real Alertmanager: its binary, and one per module that asks.
+pytest_plugins = ("tests.alertmanager_support",)
+
 WEBHOOK_TOKEN = "test-webhook-token-5f1c"
 API_TOKEN = "test-api-token-9b7e"
-TABLES = ("maintenance_windows", "outbox_messages", "remediation_runs", "notifications", "escalation_timers", "timeline_entries", "alerts", "incidents", "alert_groups")
+TABLES = (
+    "maintenance_windows", "pagerduty_events", "incident_silences", "outbox_messages",
+    "remediation_runs", "notifications", "escalation_timers", "timeline_entries", "alerts",
+    "incidents", "alert_groups",
+)
 
 
 def _libpq(url: str) -> str:
@@ -264,17 +271,3 @@ class ApiProcess(ChildProcess):
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         self.wait_http_ok(f"{self.url}/healthz", timeout=timeout)
-
-
-@pytest.fixture(scope="session")
-def alertmanager_binary() -> str:
-    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if found:
-        return found
-    reason = (
-        "the Alertmanager binary (prometheus-alertmanager) is not installed; "
-        "run `make test`, which installs Debian's prometheus-alertmanager"
-    )
-    if os.environ.get("INCIDENT_TEST_SKIP_ALERTMANAGER") == "1":
-        pytest.skip(f"INCIDENT_TEST_SKIP_ALERTMANAGER=1: {reason}")
-    pytest.fail(reason, pytrace=False)

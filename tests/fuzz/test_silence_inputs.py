@@ -22,13 +22,12 @@ from tests.fuzz.conftest import (
     json_values,
 )
 from tests.silences.conftest import HEADERS, open_incident
-from tests.silences.conftest import real_alertmanager  # noqa: F401 - the module's Alertmanager
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.alertmanager, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
-def silencing_receiver(incident_environment, real_alertmanager) -> Iterator[TestClient]:  # noqa: F811
+def silencing_receiver(incident_environment, real_alertmanager) -> Iterator[TestClient]:
     settings = get_settings().model_copy(update={"alertmanager_url": real_alertmanager.url})
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client

@@ -4,7 +4,6 @@ across an HA list whose first member is down or answers too late."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,19 +21,6 @@ from incident.integrations.alertmanager import (
 from tests.alertmanager_support import AlertmanagerProcess, SlowProxy
 
 pytestmark = [pytest.mark.alertmanager, pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="module")
-def real_alertmanager(
-    alertmanager_binary: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[AlertmanagerProcess]:
-    workdir = tmp_path_factory.mktemp("alertmanager")
-    process = AlertmanagerProcess(alertmanager_binary, workdir, "http://127.0.0.1:9/unused")
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
 
 
 def request(**overrides: object) -> SilenceRequest:

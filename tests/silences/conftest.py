@@ -25,19 +25,6 @@ RULES = load_rules(None)
 HEADERS = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
-@pytest.fixture(scope="module")
-def real_alertmanager(
-    alertmanager_binary: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[AlertmanagerProcess]:
-    workdir = tmp_path_factory.mktemp("alertmanager")
-    process = AlertmanagerProcess(alertmanager_binary, workdir, "http://127.0.0.1:9/unused")
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
-
-
 def client_for(alertmanager_url: str | None) -> TestClient:
     settings = get_settings().model_copy(update={"alertmanager_url": alertmanager_url})
     return TestClient(create_app(settings))

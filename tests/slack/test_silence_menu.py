@@ -3,7 +3,6 @@ as the clicker, once per click however often the click is delivered."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -19,18 +18,6 @@ pytestmark = [
     pytest.mark.usefixtures("clean_state", "slack_worker"),
     pytest.mark.timeout(120),
 ]
-
-
-@pytest.fixture(scope="module")
-def real_alertmanager(alertmanager_binary, tmp_path_factory) -> Iterator[AlertmanagerProcess]:
-    process = AlertmanagerProcess(
-        alertmanager_binary, tmp_path_factory.mktemp("alertmanager"), "http://127.0.0.1:9/unused"
-    )
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from incident.models import Incident
 from incident.rules import load_rules
 from incident.windows.suppression import release
 from incident.worker.app import publish
-from tests.alertmanager_support import AlertmanagerProcess
 from tests.conftest import API_TOKEN, ApiProcess, WorkerProcess
 from tests.fakes.pagerduty import DEFAULT_ROUTING_KEY, FakePagerDuty
 from tests.fakes.slack import DEFAULT_TOKEN, FakeSlack
@@ -69,21 +68,8 @@ def target() -> Iterator[FakeTarget]:
 
 
 @pytest.fixture(scope="module")
-def alertmanager(
-    alertmanager_binary: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[AlertmanagerProcess]:
-    process = AlertmanagerProcess(alertmanager_binary, tmp_path_factory.mktemp("alertmanager"),
-                                  "http://127.0.0.1:9/unused")
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
 def windows_env(
-    incident_environment, fake_slack, fake_pagerduty, target, alertmanager, tmp_path_factory
+    incident_environment, fake_slack, fake_pagerduty, target, real_alertmanager, tmp_path_factory
 ) -> dict[str, str]:
     rules = tmp_path_factory.mktemp("rules") / "rules.yml"
     rules.write_text(RULES.format(target=target.url))
@@ -96,7 +82,7 @@ def windows_env(
         "INCIDENT_PAGERDUTY_EVENTS_URL": fake_pagerduty.url,
         "SSL_CERT_FILE": fake_pagerduty.ca_path,
         "INCIDENT_RULES_FILE": str(rules),
-        "INCIDENT_ALERTMANAGER_URL": alertmanager.url,
+        "INCIDENT_ALERTMANAGER_URL": real_alertmanager.url,
     }
 
 

@@ -40,8 +40,8 @@ def fresh(fake_slack, fake_pagerduty, target):
     return new
 
 
-def silence(alertmanager, silence_id: str) -> dict:
-    response = httpx.get(f"{alertmanager.url}/api/v2/silence/{silence_id}", timeout=5)
+def silence(real_alertmanager, silence_id: str) -> dict:
+    response = httpx.get(f"{real_alertmanager.url}/api/v2/silence/{silence_id}", timeout=5)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -77,12 +77,12 @@ def told_once(api, fresh, incident_id: int = 1) -> dict:
 
 
 def test_a_scheduled_window_is_an_alertmanager_silence_pending_then_active_then_suppressing(
-    windows_api, alertmanager
+    windows_api, real_alertmanager
 ):
     window = create_window(windows_api.url, 'service="db"', 'alertname=~"Disk.*"',
                            start=timedelta(seconds=3))
     assert window["active"] is False
-    scheduled = silence(alertmanager, window["silence_id"])
+    scheduled = silence(real_alertmanager, window["silence_id"])
     assert scheduled["status"]["state"] == "pending"
     assert scheduled["createdBy"] == "api"
     assert f"maintenance window #{window['id']}" in scheduled["comment"]
@@ -94,12 +94,12 @@ def test_a_scheduled_window_is_an_alertmanager_silence_pending_then_active_then_
         gap = datetime.fromisoformat(scheduled[theirs]) - datetime.fromisoformat(window[ours])
         assert abs(gap) < timedelta(milliseconds=1), (ours, scheduled[theirs], window[ours])
 
-    wait_for(lambda: silence(alertmanager, window["silence_id"])["status"]["state"] == "active",
+    wait_for(lambda: silence(real_alertmanager, window["silence_id"])["status"]["state"] == "active",
              timeout=30, interval=0.2, what="the silence active")
-    alertmanager.post_alerts({"labels": {"alertname": "DiskFull", "service": "db"}})
+    real_alertmanager.post_alerts({"labels": {"alertname": "DiskFull", "service": "db"}})
 
     def suppressed():
-        alerts = httpx.get(f"{alertmanager.url}/api/v2/alerts", timeout=5).json()
+        alerts = httpx.get(f"{real_alertmanager.url}/api/v2/alerts", timeout=5).json()
         return [a for a in alerts if a["labels"].get("alertname") == "DiskFull"
                 and a["status"]["state"] == "suppressed"]
 
@@ -110,7 +110,7 @@ def test_a_scheduled_window_is_an_alertmanager_silence_pending_then_active_then_
 
 
 def test_an_incident_in_a_window_pages_nobody_until_the_window_is_ended_early_then_once(
-    windows_api, alertmanager, fresh
+    windows_api, real_alertmanager, fresh
 ):
     window = create_window(windows_api.url, 'service="db"')
     post(windows_api, webhook(service="db", alertname="DiskFull"))
@@ -125,7 +125,7 @@ def test_an_incident_in_a_window_pages_nobody_until_the_window_is_ended_early_th
     ended = httpx.delete(f"{windows_api.url}/api/maintenance/{window['id']}", headers=API, timeout=30)
     assert ended.status_code == 200, ended.text
     assert ended.json()["active"] is False
-    assert silence(alertmanager, window["silence_id"])["status"]["state"] == "expired"
+    assert silence(real_alertmanager, window["silence_id"])["status"]["state"] == "expired"
 
     shown = told_once(windows_api, fresh)
     assert shown["in_maintenance"] is False
