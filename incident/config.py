@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     pagerduty_api_url: str = "https://api.pagerduty.com"
     # Alertmanager base URL(s), comma-separated for an HA cluster, tried in order.
     alertmanager_url: str | None = None
+    # The web console's sign-in (OpenID Connect) and its session cookies.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_allowed_domains: str | None = None
+    session_secret: SecretStr | None = None
 
     log_dir: Path | None = None
     log_format: Literal["json", "console"] = "json"
@@ -100,6 +106,35 @@ class Settings(BaseSettings):
         return [url.strip().rstrip("/") for url in (self.alertmanager_url or "").split(",")
                 if url.strip()]
 
+    @property
+    def oidc_configured(self) -> bool:
+        return bool(self.oidc_issuer and self.oidc_client_id)
+
+    @property
+    def console_enabled(self) -> bool:
+        """The console needs a sign-in: OpenID Connect, or the local user of `incident dev`."""
+        return self.oidc_configured or self.dev_mode
+
+    @property
+    def allowed_email_domains(self) -> list[str]:
+        return [d.strip().lower().lstrip("@") for d in (self.oidc_allowed_domains or "").split(",")
+                if d.strip()]
+
+    def check_console(self) -> None:
+        """Refuse to start with a half-configured sign-in."""
+        if not (self.oidc_issuer or self.oidc_client_id or self.oidc_client_secret):
+            return
+        missing = [name for name, value in (
+            ("INCIDENT_OIDC_ISSUER", self.oidc_issuer),
+            ("INCIDENT_OIDC_CLIENT_ID", self.oidc_client_id),
+            ("INCIDENT_OIDC_CLIENT_SECRET", self.oidc_client_secret),
+            ("INCIDENT_SESSION_SECRET", self.session_secret),
+        ) if not value]
+        if missing:
+            raise ConfigurationError(
+                "the console's OpenID Connect sign-in needs " + ", ".join(missing)
+            )
+
     def check_receiver_auth(self) -> None:
         """Refuse to serve unauthenticated unless the operator said so explicitly."""
         if self.dev_mode:
@@ -126,6 +161,8 @@ class Settings(BaseSettings):
             self.slack_signing_secret,
             self.pagerduty_webhook_secret,
             self.pagerduty_api_key,
+            self.oidc_client_secret,
+            self.session_secret,
         )
         return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
 
