@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -9,12 +11,14 @@ from fastapi.testclient import TestClient
 from incident.alerts.schemas import WebhookPayload
 from incident.api.app import create_app
 from incident.config import get_settings
+from incident.console.local import LOCAL_USER
 from incident.db import session_scope
 from incident.incidents.grouping import apply_webhook
 from incident.rules import load_rules
 from tests.factories import T0, alert, payload
 
 RULES = load_rules(None)
+LOCAL_EMAIL = LOCAL_USER.email
 
 
 def console_client(**settings: object) -> TestClient:
@@ -49,9 +53,16 @@ def open_incident(n: int, *, at=None, group: dict[str, str] | None = None, **lab
     return change.incident_id
 
 
-def csrf_of(client: TestClient, page: str) -> str:
-    import re
+def payload_with(rules, *, annotations: dict[str, str], n: int = 1) -> int:
+    """An incident whose alert carries these annotations."""
+    body = payload(alert(instance=str(n), annotations=annotations),
+                   group_labels={"alertname": "Down", "n": str(n)})
+    with session_scope() as session:
+        return apply_webhook(session, WebhookPayload.model_validate(body), rules,
+                             now=T0 + timedelta(seconds=n)).incident_id
 
+
+def csrf_of(client: TestClient, page: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', client.get(page).text)
     assert found, "the page carries no CSRF token"
     return found.group(1)
