@@ -49,14 +49,22 @@ _SHOWN = (
     selectinload(Incident.notifications), selectinload(Incident.remediations),
     selectinload(Incident.silences),
 )
+_PAGE_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Referrer-Policy": "same-origin",
+}
 _DONE = {TimelineKind.ACKNOWLEDGED: "acknowledged", TimelineKind.RESOLVED: "resolved"}
 
 
 def render(request: Request, name: str, user: User | None, status_code: int = 200,
            **values: Any) -> HTMLResponse:
-    return templates.TemplateResponse(
+    response = templates.TemplateResponse(
         request, name, {"user": user, **values}, status_code=status_code
     )
+    # The action buttons must not be clickable through another site's frame.
+    response.headers.update(_PAGE_HEADERS)
+    return response
 
 
 @router.get("/", response_class=HTMLResponse)

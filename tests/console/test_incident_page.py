@@ -207,3 +207,19 @@ def test_silence_through_the_real_alertmanager_is_shown(clean_state, real_alertm
     assert made["id"] in answer.text
     assert ("silenced", {"by": "web", "user": LOCAL_EMAIL, "name": LOCAL_EMAIL}) in [
         (k, {n: d[n] for n in ("by", "user", "name") if n in d}) for k, d in kinds(incident_id)]
+
+
+def test_silence_with_alertmanager_down_says_so(clean_state):
+    from incident.embedded import free_port
+
+    incident_id = open_incident(1)
+    page = f"/incidents/{incident_id}"
+    with console_client(alertmanager_url=f"http://127.0.0.1:{free_port()}") as client:
+        client.get("/login")
+        answer = client.post(f"{page}/silence", data={"csrf": csrf_of(client, page),
+                                                      "duration": "1h"})
+
+    assert 'class="flash flash-error"' in answer.text
+    assert "Not silenced: no Alertmanager answered in time" in answer.text
+    assert "127.0.0.1" not in answer.text.split("<main>")[1]
+    assert [k for k, _ in kinds(incident_id)] == ["opened"]

@@ -28,6 +28,7 @@ def test_the_local_user_is_named_on_every_page(signed_in):
         assert answer.status_code == 200
         assert LOCAL_USER.email in answer.text
         assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in answer.text
+        assert answer.headers["x-frame-options"] == "DENY"
 
 
 def test_sign_in_goes_back_only_to_this_site(console):

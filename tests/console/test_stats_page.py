@@ -48,7 +48,7 @@ def history() -> dict[str, datetime]:
 def test_seven_days(signed_in, history):
     page = signed_in.get("/stats")
     assert page.status_code == 200
-    assert 'src="http://testserver/static/vendor/chart.umd.js"' in page.text
+    assert 'src="/static/vendor/chart.umd.js"' in page.text
     data = chart_data(page.text)
 
     assert len(data["days"]) == 7 and data["days"][-1] == history["now"].date().isoformat()
@@ -71,6 +71,12 @@ def test_thirty_days(signed_in, history):
         (history["now"] - timedelta(days=20)).date().isoformat())] == 1
     assert data["resolve"]["median"] == [None, 30.0, 90.0, None]
     assert data["acknowledge"]["median"] == [None, 4.0, None, None]
+
+
+def test_chart_js_is_served_from_the_package(signed_in):
+    script = signed_in.get("/static/vendor/chart.umd.js")
+    assert script.status_code == 200
+    assert "Chart.js v4.4.7" in script.text[:200]
 
 
 def test_an_unknown_period_is_seven_days(signed_in):
