@@ -79,6 +79,13 @@ def test_fifty_a_page_with_next_and_previous(signed_in):
 
 def test_the_fragment_is_the_list_alone_and_shows_a_new_incident(signed_in):
     open_incident(1)
+    page = signed_in.get("/?severity=SEV3").text
+    # The page's own script fetches this address every few seconds and swaps the list in.
+    assert 'data-refresh="/?severity=SEV3&amp;fragment=list"' in page
+    assert '<script src="/static/console.js"></script>' in page
+    script = signed_in.get("/static/console.js").text
+    assert "setInterval" in script and "dataset.refresh" in script
+
     before = signed_in.get("/?fragment=list")
     assert before.status_code == 200
     assert "<html" not in before.text and 'class="filters"' not in before.text
