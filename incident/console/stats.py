@@ -1,8 +1,10 @@
 """The figures behind ``GET /stats``, each one SQL aggregate over the period.
 
-Days are UTC days. Time to acknowledge counts incidents acknowledged (and still
-so, or resolved after it) that opened in the period; time to resolve counts
-those resolved. Both are in seconds, as a median and a 90th percentile.
+Days are UTC days. Time to acknowledge runs from an incident's opening to its
+acknowledgement, time to resolve to its resolution, over the incidents opened in
+the period that have one (a reopened incident counts from its first opening, up
+to its current acknowledgement or resolution). Both are in seconds, as a median
+and a 90th percentile.
 """
 
 from __future__ import annotations
