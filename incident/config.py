@@ -167,6 +167,11 @@ class Settings(BaseSettings):
         return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
 
 
+def incident_page_url(public_url: str, incident_id: int) -> str:
+    """The console's page of one incident: every link sent to people points here."""
+    return f"{public_url.rstrip('/')}/incidents/{incident_id}"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()

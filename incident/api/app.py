@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from incident import __version__
@@ -13,6 +13,8 @@ from incident.api import (
 )
 from incident.api.errors import error_response, validation_fields
 from incident.config import Settings, get_settings
+from incident.console import local, pages
+from incident.console.session import SignInRequired, install_sessions
 from incident.context import Context
 from incident.incidents.store import BadCursor, IncidentNotFound, TransitionNotAllowed
 from incident.logging import configure_logging
@@ -41,8 +43,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(slack.router)
     app.include_router(breakers.router)
     app.include_router(health.router)
+    if settings.console_enabled:
+        _install_console(app, settings)
     _install_error_handlers(app)
     return app
+
+
+def _install_console(app: FastAPI, settings: Settings) -> None:
+    """The web console; without a sign-in (OpenID Connect, or `incident dev`) its routes are 404."""
+    install_sessions(app, settings)
+    if settings.dev_mode and not settings.oidc_configured:
+        app.include_router(local.router)
+    app.include_router(pages.router)
+    app.mount("/static", pages.static_files, name="static")
+
+    @app.exception_handler(SignInRequired)
+    async def sign_in_first(request: Request, exc: SignInRequired) -> RedirectResponse:
+        return RedirectResponse(exc.location, status_code=303)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

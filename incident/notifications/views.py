@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from incident.config import incident_page_url
 from incident.incidents.models import Incident
 from incident.integrations.base import AlertView, IncidentView
 
@@ -30,7 +31,7 @@ def incident_view(incident: Incident, public_url: str) -> IncidentView:
             for a in firing_first
         ),
         external_url=incident.external_url,
-        incident_url=f"{public_url.rstrip('/')}/api/incidents/{incident.id}",
+        incident_url=incident_page_url(public_url, incident.id),
         created_at=incident.created_at,
         acknowledged_by=dict(incident.acknowledged_by) if incident.acknowledged_by else None,
         resolved_by=dict(incident.resolved_by) if incident.resolved_by else None,

@@ -25,6 +25,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from incident.config import incident_page_url
 from incident.db import session_scope
 from incident.incidents import outbox
 from incident.incidents.events import NO_SUBSCRIBERS, EventBus
@@ -112,15 +113,11 @@ def breaker_target(rule: RemediationRule, incident: Incident, public_url: str) -
         labels=incident.labels,
         incident={
             "id": incident.id, "key": incident.key, "severity": incident.severity,
-            "title": incident.title, "url": incident_url(public_url, incident.id),
+            "title": incident.title, "url": incident_page_url(public_url, incident.id),
         },
         remediation={"name": rule.name},
     )
     return render(rule.circuit_breaker.key, values)
-
-
-def incident_url(public_url: str, incident_id: int) -> str:
-    return f"{public_url.rstrip('/')}/api/incidents/{incident_id}"
 
 
 class RemediationScheduler:
@@ -297,7 +294,7 @@ class RemediationEngine:
             context = actions.RemediationContext.create(
                 rule, incident_id=incident.id, incident_key=incident.key, title=incident.title,
                 severity=incident.severity, status=incident.status, labels=incident.labels,
-                url=incident_url(self.public_url, incident.id), attempt=attempt,
+                url=incident_page_url(self.public_url, incident.id), attempt=attempt,
             )
             return rule, context, run.breaker_key
 

@@ -26,6 +26,7 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from incident.config import incident_page_url
 from incident.db import session_scope
 from incident.incidents.events import EventBus
 from incident.incidents.lifecycle import Actor, Lifecycle
@@ -228,7 +229,7 @@ class Silences:
 
     def _comment(self, incident_id: int, comment: str | None, reference: str) -> str:
         said = f"{comment.strip()} - " if comment and comment.strip() else ""
-        return f"{said}#{incident_id} {self.public_url}/incidents/{incident_id} ({reference})"
+        return f"{said}#{incident_id} {incident_page_url(self.public_url, incident_id)} ({reference})"
 
     def _confirm(
         self, incident_id: int, reserved: _Reserved, silence_id: str, actor: Actor,

@@ -53,7 +53,7 @@ def make_incident(**changes: Any) -> IncidentView:
             AlertView(fingerprint="0f1e2d3c4b5a6978", status="resolved", labels=dict(LABELS)),
         ),
         external_url="http://alertmanager:9093",
-        incident_url="http://incident.example.com/api/incidents/42",
+        incident_url="http://incident.example.com/incidents/42",
         created_at=datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
     )
     return replace(incident, **changes)

@@ -64,7 +64,7 @@ def test_parent_message_renders_the_incident_with_its_ledger_id(
     assert "<https://runbooks.example.com/high-error-rate|Runbook>" in texts
     assert "<http://prometheus:9090/graph?g0.expr=rate%28x%29&amp;g0.tab=1|Source>" in texts
     assert f"<{incident.silence_url()}|Silence>" in texts
-    assert "<http://incident.example.com/api/incidents/42|Incident #42>" in texts
+    assert "<http://incident.example.com/incidents/42|Incident #42>" in texts
     assert message.text.startswith(":red_circle: [SEV1] HighErrorRate api — 5xx ratio")
     assert_within_slack_limits(message.blocks)
     [request] = fake_slack.calls("chat.postMessage")
