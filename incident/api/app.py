@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from incident import __version__
@@ -13,6 +13,8 @@ from incident.api import (
 )
 from incident.api.errors import error_response, validation_fields
 from incident.config import Settings, get_settings
+from incident.console import oidc
+from incident.console.session import SignInRequired, install_sessions
 from incident.context import Context
 from incident.incidents.store import BadCursor, IncidentNotFound, TransitionNotAllowed
 from incident.logging import configure_logging
@@ -23,6 +25,7 @@ from incident.worker.app import publish
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check_receiver_auth()
+    settings.check_console()
     # Again here: uvicorn's --workers processes are spawned and never ran the CLI.
     configure_logging(settings, process="api")
     app = FastAPI(
@@ -41,6 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(slack.router)
     app.include_router(breakers.router)
     app.include_router(health.router)
+    if settings.console_enabled:
+        install_sessions(app, settings)
+    if settings.oidc_configured:
+        app.include_router(oidc.router)
     _install_error_handlers(app)
     return app
 
@@ -57,6 +64,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
+
+    @app.exception_handler(SignInRequired)
+    async def sign_in_required(request: Request, exc: SignInRequired) -> RedirectResponse:
+        return RedirectResponse(exc.location, status_code=303)
 
     @app.exception_handler(IncidentNotFound)
     async def not_found(request: Request, exc: IncidentNotFound) -> JSONResponse:
