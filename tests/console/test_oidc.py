@@ -144,6 +144,19 @@ def test_an_id_token_that_fails_verification_is_refused(
     assert_signed_out(browser)
 
 
+def test_the_issuer_checked_is_the_configured_one_not_the_discovery_documents(
+    browser, oidc_provider
+):
+    oidc_provider.discovery_issuer = "https://impostor.example"
+    oidc_provider.claims_override = {"iss": "https://impostor.example"}
+
+    refused = sign_in(browser, oidc_provider)
+
+    assert refused.status_code == 403
+    assert "issuer" in refused.text
+    assert_signed_out(browser)
+
+
 def test_an_id_token_signed_with_another_key_is_refused(browser, oidc_provider):
     oidc_provider.sign_with_forged_key = True
 
@@ -206,6 +219,18 @@ def test_a_refusal_by_the_provider_is_shown_not_a_500(browser, oidc_provider):
     assert refused.status_code == 403
     assert "access_denied" in refused.text
     assert oidc_provider.token_requests == []
+    assert_signed_out(browser)
+
+
+def test_a_token_endpoint_in_trouble_is_shown_not_a_500(browser, oidc_provider):
+    authorize = to_provider(browser, oidc_provider)
+    callback = httpx.get(authorize, follow_redirects=False, timeout=10).headers["location"]
+    oidc_provider.fail_next(status=503)
+
+    refused = browser.get(callback)
+
+    assert refused.status_code == 502
+    assert "token endpoint did not answer" in refused.text
     assert_signed_out(browser)
 
 

@@ -10,7 +10,8 @@ Tests make it mis-issue: ``claims_override`` changes (or, with None, drops)
 ID token claims (``aud``, ``iss``, ``exp``, ``nonce``, ``email``,
 ``email_verified``…), ``sign_with_forged_key`` signs with a key that is not
 the published one (under the published key id), and ``authorize_error``
-answers the authorization request with an OAuth error instead of a code.
+answers the authorization request with an OAuth error instead of a code, and
+``discovery_issuer`` names another issuer in the discovery document.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class FakeOIDCProvider(FakeHTTPService):
             self.claims_override: dict[str, Any] = {}
             self.sign_with_forged_key = False
             self.authorize_error: str | None = None
+            self.discovery_issuer: str | None = None
             self.issued_tokens: list[dict[str, Any]] = []
 
     @property
@@ -92,7 +94,7 @@ class FakeOIDCProvider(FakeHTTPService):
 
     def _discovery(self) -> dict[str, Any]:
         return {
-            "issuer": self.issuer,
+            "issuer": self.discovery_issuer or self.issuer,
             "authorization_endpoint": f"{self.issuer}/authorize",
             "token_endpoint": f"{self.issuer}/token",
             "jwks_uri": f"{self.issuer}/jwks",
