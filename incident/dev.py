@@ -317,6 +317,7 @@ class DevStack:
         broker = self.env["INCIDENT_BROKER_URL"] if self.redis else "from INCIDENT_BROKER_URL"
         print(
             f"\nincident is running (state in {self.state_dir})\n"
+            f"  console:   {url}/  (signed in as a local user)\n"
             f"  API:       {url}\n"
             f"  API docs:  {url}/docs\n"
             f"  database:  {database}\n"

@@ -102,5 +102,6 @@ def csrf_token(request: Request) -> str:
 
 def csrf_ok(request: Request, submitted: str | None) -> bool:
     expected = request.session.get(CSRF_KEY)
+    # As bytes: compare_digest refuses non-ASCII text, which a forged form may carry.
     return isinstance(expected, str) and isinstance(submitted, str) \
-        and secrets.compare_digest(expected, submitted)
+        and secrets.compare_digest(expected.encode(), submitted.encode("utf-8", "replace"))
