@@ -116,7 +116,7 @@ async def login(request: Request, next: str | None = None) -> Response:
     try:
         response = await _client(request).authorize_redirect(request, callback_url(settings))
     except (*_UNREACHABLE, ValueError, RuntimeError) as exc:
-        log.warning("oidc_discovery_failed", error=type(exc).__name__)
+        log.warning("console_sign_in_provider_unreachable", error=type(exc).__name__)
         return _refusal_page(request, SignInRefused(
             502, "The sign-in provider could not be reached",
             "its discovery document or authorization endpoint did not answer. Try again shortly.",

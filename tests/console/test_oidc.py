@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Annotated
 from urllib.parse import parse_qs, urlsplit
@@ -389,3 +392,18 @@ def test_startup_is_refused_with_half_a_configuration_naming_what_is_missing(
 
     with pytest.raises(ConfigurationError, match=setting):
         create_app(Settings(**values))
+
+
+def test_incident_api_refuses_to_start_with_half_a_configuration(incident_environment):
+    env = {**os.environ, "INCIDENT_OIDC_ISSUER": "https://accounts.example",
+           "INCIDENT_OIDC_CLIENT_ID": CLIENT_ID, "INCIDENT_OIDC_CLIENT_SECRET": CLIENT_SECRET}
+    env.pop("INCIDENT_SESSION_SECRET", None)
+
+    started = subprocess.run(
+        [sys.executable, "-m", "incident", "api", "--port", "1"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+
+    assert started.returncode == 2
+    assert "INCIDENT_SESSION_SECRET" in started.stderr
+    assert CLIENT_SECRET not in started.stderr + started.stdout
