@@ -53,12 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _install_console(app: FastAPI, settings: Settings) -> None:
     """The web console; without a sign-in (OpenID Connect, or `incident dev`) its routes are 404."""
     install_sessions(app, settings)
-    if settings.dev_mode and not settings.oidc_configured:
+    if settings.oidc_configured:
+        # Before the pages: with a provider, /logout is its page and its form's answer.
+        app.include_router(oidc.router)
+    elif settings.dev_mode:
         app.include_router(local.router)
     app.include_router(pages.router)
-    if settings.oidc_configured:
-        # After the pages: their POST /logout (the header's form) answers first.
-        app.include_router(oidc.router)
     app.mount("/static", pages.static_files, name="static")
 
     @app.exception_handler(SignInRequired)

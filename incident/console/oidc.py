@@ -236,9 +236,10 @@ async def logout_page(request: Request) -> HTMLResponse:
 
 @router.post("/logout")
 async def logout(
-    request: Request, csrf_token: Annotated[str | None, Form()] = None
+    request: Request, csrf: Annotated[str | None, Form()] = None
 ) -> Response:
-    if not csrf_ok(request, csrf_token):
+    # ``csrf``: the field every console form carries, the header's sign-out included.
+    if not csrf_ok(request, csrf):
         return templates.TemplateResponse(
             request, "auth_error.html",
             {"what": "Sign-out refused",

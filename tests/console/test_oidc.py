@@ -336,15 +336,15 @@ def test_signing_out_needs_the_forms_csrf_token(browser, oidc_provider):
     sign_in(browser, oidc_provider)
     form = browser.get("/logout")
     assert form.status_code == 200
-    token = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
 
-    for forged in ({}, {"csrf_token": "forged"}):
+    for forged in ({}, {"csrf": "forged"}):
         refused = browser.post("/logout", data=forged)
         assert refused.status_code == 403
         assert "CSRF" in refused.text
         assert browser.get(PAGE).status_code == 200  # still signed in
 
-    done = browser.post("/logout", data={"csrf_token": token})
+    done = browser.post("/logout", data={"csrf": token})
     assert done.status_code == 303
     assert done.headers["location"] == "/logout"
     assert "You are signed out" in browser.get("/logout").text
