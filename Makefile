@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint install alertmanager promtool wrk clean
+.PHONY: run test bench lint install alertmanager promtool chromium wrk clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/incident dev
 
-test: $(STAMP) alertmanager promtool
+test: $(STAMP) alertmanager promtool chromium
 	$(BIN)/python -m pytest
 
 # e.g. make bench BENCH_ARGS="--only durability"
@@ -45,6 +45,15 @@ promtool:
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+# The console's browser tests drive Debian's Chromium through Playwright (never
+# `playwright install`: its own browser builds are not fetched).
+chromium:
+	@command -v chromium >/dev/null || \
+	  { echo "installing chromium (Debian package)"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 # The receiver bench drives saturation load with wrk; Debian packages it.
 wrk:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 BENCHES = (
     "receiver", "end_to_end", "resend", "paging", "storm", "breaker", "backup", "durability",
-    "slack_click",
+    "slack_click", "console",
 )
 # Benches whose api and worker trees are sampled for peak RSS (bench.rss) from here;
 # the storm samples its own.
@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench import backup, breaker, durability, end_to_end, loadgen, paging, receiver, report
+    from bench import console
     from bench import resend
     from bench import rss, slack_click, storm
     from bench.noise import BackgroundLoad, cpu_speed_index
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             "auth": "bearer token on /webhooks/alertmanager",
         },
     }
-    needs_wrk = {"receiver", "durability"} & set(selected)
+    needs_wrk = {"receiver", "durability", "console"} & set(selected)
     wrk = loadgen.ensure_wrk(install=not args.no_install) if needs_wrk else None
     stack = Stack(log_level=args.log_level)
     background = BackgroundLoad()
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             "backup": lambda: backup.run(stack, quick=args.quick),
             "durability": lambda: durability.run(stack, quick=args.quick, wrk=wrk),
             "slack_click": lambda: slack_click.run(stack, quick=args.quick),
+            "console": lambda: console.run(stack, quick=args.quick, wrk=wrk),
         }
         for name in selected:
             speed = cpu_speed_index()

@@ -28,8 +28,18 @@ try:
 except ImportError:  # pragma: no cover - uvicorn[standard] brings it
     uvloop = None
 
-WRK_SCRIPT = r"""
--- POST one fixed body; report counts and errors as one JSON line.
+WRK_DONE = r"""
+-- Report counts and errors as one JSON line.
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\nBENCH_JSON {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+WRK_POST = r"""
+-- POST one fixed body with a bearer token.
 function init(args)
   local f = assert(io.open(args[1], "rb"))
   wrk.method = "POST"
@@ -38,13 +48,15 @@ function init(args)
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = "Bearer " .. args[2]
 end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '\nBENCH_JSON {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,' ..
-    '"status":%d,"timeout":%d}\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout))
+"""
+WRK_GET = r"""
+-- GET a page with a session cookie (read from a file: never on a command line).
+function init(args)
+  local f = assert(io.open(args[1], "rb"))
+  local cookie = f:read("*a")
+  f:close()
+  wrk.method = "GET"
+  if cookie ~= "" then wrk.headers["Cookie"] = cookie end
 end
 """
 
@@ -54,7 +66,9 @@ class Target:
     host: str
     port: int
     path: str
-    token: str
+    token: str = ""  # sent as a bearer token when set
+    method: str = "POST"
+    cookie: str = ""  # a ``Cookie`` header's value, for the console's pages
 
 
 # --------------------------------------------------------------------------- wrk
@@ -86,14 +100,20 @@ def wrk_saturate(
     wrk: str, target: Target, body: bytes, *, connections: int, seconds: float
 ) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
-        script = Path(tmp, "post.lua")
-        script.write_text(WRK_SCRIPT)
-        body_path = Path(tmp, "body.json")
-        body_path.write_bytes(body)
+        script = Path(tmp, "load.lua")
+        data = Path(tmp, "data")
+        if target.method == "GET":
+            script.write_text(WRK_GET + WRK_DONE)
+            data.write_text(target.cookie)
+            script_args = [str(data)]
+        else:
+            script.write_text(WRK_POST + WRK_DONE)
+            data.write_bytes(body)
+            script_args = [str(data), target.token]
         url = f"http://{target.host}:{target.port}{target.path}"
         argv = [
             wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
-            "-s", str(script), url, "--", str(body_path), target.token,
+            "-s", str(script), url, "--", *script_args,
         ]  # fmt: skip
         out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
@@ -145,12 +165,14 @@ class Connection:
 
 
 def request_bytes(target: Target, body: bytes) -> bytes:
-    head = (
-        f"POST {target.path} HTTP/1.1\r\nHost: {target.host}:{target.port}\r\n"
-        f"Authorization: Bearer {target.token}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
+    head = f"{target.method} {target.path} HTTP/1.1\r\nHost: {target.host}:{target.port}\r\n"
+    if target.token:
+        head += f"Authorization: Bearer {target.token}\r\n"
+    if target.cookie:
+        head += f"Cookie: {target.cookie}\r\n"
+    if target.method != "GET":
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode() + (body if target.method != "GET" else b"")
 
 
 def run_loop(coro):

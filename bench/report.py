@@ -210,6 +210,9 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
     click = results.get("slack_click")
     if click:
         out.extend(_slack_click_rows(click))
+    console = results.get("console")
+    if console:
+        out.extend(_console_rows(console))
     if e2e and e2e.get("rss"):
         out.extend(_rss_rows("e2e", e2e["rss"]))
     breaker = results.get("breaker")
@@ -434,6 +437,31 @@ def _slack_click_rows(click: dict) -> list[tuple[str, str, str, str]]:
         ("  reference, same run: webhook -> PagerDuty trigger p50/p99",
          latency(click["reference_webhook_to_pagerduty_trigger"]), "", ""),
     ]
+
+
+def _console_rows(console: dict) -> list[tuple[str, str, str, str]]:
+    counts = console["row_counts"]
+    name = f"console, {counts['incidents']:,} incidents"
+    rows = []
+    for page, label in (("list", "GET /"), ("incident", "GET /incidents/{id}"),
+                        ("stats", "GET /stats"), ("healthz", "  reference, same api: GET /healthz")):
+        m = console["measured"][page]
+        lat = m["latency_at_half"]
+        runs = ", ".join(f"{v:.0f}" for v in m["saturation_rps_runs"])
+        target = f"p99 < {console['list_p99_target_ms']:.0f} ms" if page == "list" else ""
+        rows.append((
+            f"{name}: {label} pages/s at saturation; p50/p99 at {lat['offered_rps']:.0f}/s",
+            f"{m['saturation_rps_median']:.0f} ({runs}); {lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms "
+            f"(max {lat['max_ms']:.0f}, errors {lat['errors'] + lat['non_2xx']})",
+            target,
+            _verdict(console["target_met"]) if target else "",
+        ))
+    rows.append((
+        f"{name}: filled with bulk SQL",
+        f"{console['fill_s']:.1f} s ({counts['alerts']:,} alerts, "
+        f"{counts['timeline_entries']:,} timeline entries)", "", "",
+    ))
+    return rows
 
 
 def _verdict(ok: bool) -> str:

@@ -133,12 +133,16 @@ def redis_client(redis_url: str, incident_environment: dict[str, str]) -> redis.
     return redis.Redis.from_url(redis_url)
 
 
-@pytest.fixture
-def clean_state(database_url: str, redis_client: redis.Redis) -> None:
-    """Empty tables and Redis, for tests whose effects outlive a transaction."""
+def empty_state(database_url: str, redis_client: redis.Redis) -> None:
     with engine_for(database_url).begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     redis_client.flushdb()
+
+
+@pytest.fixture
+def clean_state(database_url: str, redis_client: redis.Redis) -> None:
+    """Empty tables and Redis, for tests whose effects outlive a transaction."""
+    empty_state(database_url, redis_client)
 
 
 def wait_for(predicate, *, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
@@ -260,10 +264,11 @@ class ApiProcess(ChildProcess):
 
     name = "api"
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
         from incident.embedded import free_port
 
-        self.port = free_port()
+        # A port chosen beforehand lets its own environment name its URL (INCIDENT_PUBLIC_URL).
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             [sys.executable, "-m", "incident", "api", "--port", str(self.port)], log_path, env

@@ -13,7 +13,7 @@ from incident.api import (
 )
 from incident.api.errors import error_response, validation_fields
 from incident.config import Settings, get_settings
-from incident.console import local, pages
+from incident.console import local, oidc, pages
 from incident.console.session import SignInRequired, install_sessions
 from incident.context import Context
 from incident.incidents.store import BadCursor, IncidentNotFound, TransitionNotAllowed
@@ -25,6 +25,7 @@ from incident.worker.app import publish
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check_receiver_auth()
+    settings.check_console()
     # Again here: uvicorn's --workers processes are spawned and never ran the CLI.
     configure_logging(settings, process="api")
     app = FastAPI(
@@ -52,7 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _install_console(app: FastAPI, settings: Settings) -> None:
     """The web console; without a sign-in (OpenID Connect, or `incident dev`) its routes are 404."""
     install_sessions(app, settings)
-    if settings.dev_mode and not settings.oidc_configured:
+    if settings.oidc_configured:
+        # Before the pages: with a provider, /logout is its page and its form's answer.
+        app.include_router(oidc.router)
+    elif settings.dev_mode:
         app.include_router(local.router)
     app.include_router(pages.router)
     app.mount("/static", pages.static_files, name="static")
@@ -74,6 +78,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
+
+    @app.exception_handler(SignInRequired)
+    async def sign_in_required(request: Request, exc: SignInRequired) -> RedirectResponse:
+        return RedirectResponse(exc.location, status_code=303)
 
     @app.exception_handler(IncidentNotFound)
     async def not_found(request: Request, exc: IncidentNotFound) -> JSONResponse:

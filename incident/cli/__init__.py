@@ -24,6 +24,7 @@ def _api(args: argparse.Namespace) -> int:
     settings.require_database_url()
     settings.require_broker_url()
     settings.check_receiver_auth()
+    settings.check_console()
     uvicorn.run(
         "incident.api.app:create_app",
         factory=True,

@@ -16,6 +16,7 @@ from incident.db import session_scope
 from incident.incidents.grouping import apply_webhook
 from incident.rules import load_rules
 from tests.factories import T0, alert, payload
+from tests.fakes.oidc import FakeOIDCProvider
 
 RULES = load_rules(None)
 LOCAL_EMAIL = LOCAL_USER.email
@@ -66,3 +67,16 @@ def csrf_of(client: TestClient, page: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', client.get(page).text)
     assert found, "the page carries no CSRF token"
     return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def oidc_provider_server() -> Iterator[FakeOIDCProvider]:
+    with FakeOIDCProvider() as provider:
+        yield provider
+
+
+@pytest.fixture
+def oidc_provider(oidc_provider_server: FakeOIDCProvider) -> FakeOIDCProvider:
+    """The fake provider, issuing honest tokens for alice@example.com."""
+    oidc_provider_server.reset()
+    return oidc_provider_server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 
 from incident.console.local import LOCAL_USER
 from tests.conftest import API_TOKEN
@@ -58,7 +59,8 @@ def test_the_console_is_404_without_a_sign_in_and_the_api_unchanged(clean_state)
 
 def test_with_oidc_configured_the_local_sign_in_is_not_there(clean_state):
     with console_client(dev_mode=True, oidc_issuer="https://id.example.com",
-                        oidc_client_id="incident") as client:
+                        oidc_client_id="incident", oidc_client_secret=SecretStr("s"),
+                        session_secret=SecretStr("t")) as client:
         # Sign-in is then the provider's: never the local user.
         answer = client.get("/login", follow_redirects=False)
         assert "set-cookie" not in answer.headers or LOCAL_USER.email not in answer.text
