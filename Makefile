@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint install alertmanager promtool chromium wrk clean
+.PHONY: run test bench lint install screenshots alertmanager promtool chromium wrk clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP) alertmanager promtool chromium
 # e.g. make bench BENCH_ARGS="--only durability"
 bench: $(STAMP) wrk
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The README's pictures of the console, taken by the browser tests.
+screenshots: $(STAMP) alertmanager chromium
+	INCIDENT_TEST_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/browser
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check incident tests bench

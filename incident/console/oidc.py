@@ -7,14 +7,14 @@ back. ``GET /auth/callback`` exchanges the code, verifies the ID token
 (signature against the provider's JWKS, issuer, audience, expiry, nonce),
 admits only a verified e-mail in INCIDENT_OIDC_ALLOWED_DOMAINS, signs the user
 in and returns to that page. Anything refused there answers a page that says
-what failed, and leaves no session. ``POST /logout`` (CSRF-protected) signs
-out. Without INCIDENT_OIDC_ISSUER these routes are not mounted.
+what failed, and leaves no session. Signing out is the pages' ``/logout``.
+Without INCIDENT_OIDC_ISSUER these routes are not mounted.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -22,7 +22,7 @@ import structlog
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.base_client import MismatchingStateError, OAuthError
 from authlib.integrations.starlette_client import OAuth, StarletteOAuth2App
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from joserfc.errors import (
@@ -36,7 +36,7 @@ from joserfc.errors import (
 
 from incident.config import Settings
 from incident.console.session import (
-    User, csrf_ok, csrf_token, safe_next, sign_in, sign_out, signed_in,
+    User, safe_next, sign_in, sign_out, signed_in,
 )
 
 log = structlog.get_logger(__name__)
@@ -223,30 +223,3 @@ def _refusal_page(request: Request, refused: SignInRefused, target: str) -> HTML
         {"what": refused.what, "why": refused.why, "retry": "/login?next=" + quote(target, safe="/")},
         status_code=refused.status,
     )
-
-
-@router.get("/logout")
-async def logout_page(request: Request) -> HTMLResponse:
-    user = signed_in(request)
-    return templates.TemplateResponse(
-        request, "signed_out.html",
-        {"user": user, "csrf_token": csrf_token(request) if user else None},
-    )
-
-
-@router.post("/logout")
-async def logout(
-    request: Request, csrf: Annotated[str | None, Form()] = None
-) -> Response:
-    # ``csrf``: the field every console form carries, the header's sign-out included.
-    if not csrf_ok(request, csrf):
-        return templates.TemplateResponse(
-            request, "auth_error.html",
-            {"what": "Sign-out refused",
-             "why": "the form was not sent from this console (its CSRF token is missing or "
-                    "wrong). You are still signed in.",
-             "retry": None},
-            status_code=403,
-        )
-    sign_out(request)
-    return RedirectResponse("/logout", status_code=303)

@@ -20,7 +20,9 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import selectinload
 
 from incident.console import queries, stats
-from incident.console.session import User, csrf_ok, csrf_token, current_user, sign_out
+from incident.console.session import (
+    User, csrf_ok, csrf_token, current_user, sign_out, signed_in,
+)
 from incident.db import session_scope
 from incident.incidents import store
 from incident.incidents.lifecycle import WEB, Actor, TransitionNotAllowed
@@ -149,12 +151,20 @@ def stats_page(request: Request, user: SignedIn) -> HTMLResponse:
                   severities=queries.SEVERITIES)
 
 
+@router.get("/logout", response_class=HTMLResponse)
+def logout_page(request: Request) -> HTMLResponse:
+    """A Sign out button while signed in (signing out is a form post, never a link)."""
+    user = signed_in(request)
+    return render(request, "signed_out.html", user,
+                  csrf_token=csrf_token(request) if user else None)
+
+
 @router.post("/logout")
 def logout(request: Request, csrf: CsrfField = None) -> Response:
     if not csrf_ok(request, csrf):
         return _forbidden(request, None)
     sign_out(request)
-    return render(request, "signed_out.html", None)
+    return RedirectResponse("/logout", status_code=303)
 
 
 def _by_hand(request: Request, incident_id: str, user: User, csrf: str | None,

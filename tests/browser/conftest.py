@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +32,12 @@ from tests.factories import alert, payload
 from tests.fakes.oidc import CLIENT_ID, CLIENT_SECRET, FakeOIDCProvider
 from tests.fakes.pagerduty import DEFAULT_ROUTING_KEY, FakePagerDuty
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# `make screenshots` points this at docs/screenshots, for the README; a test run
+# otherwise leaves the committed pictures alone.
+SCREENSHOTS = Path(
+    os.environ.get("INCIDENT_TEST_SCREENSHOTS")
+    or Path(tempfile.gettempdir()) / "incident-screenshots"
+)
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 # SEV1 and SEV2 page PagerDuty; an acknowledgement stops nothing the test waits for.
@@ -159,6 +165,6 @@ def signed_in(chromium: Browser, console_stack: ConsoleStack) -> Iterator[Browse
 
 
 def screenshot(page: Page, name: str) -> None:
-    """The console as people see it, for the README (docs/screenshots/NAME.png)."""
+    """The console as people see it (``make screenshots``: docs/screenshots/NAME.png)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)

@@ -44,7 +44,9 @@ def test_sign_out_needs_the_form_token_then_ends_the_session(signed_in):
     assert signed_in.get("/", follow_redirects=False).status_code == 200
 
     token = csrf_of(signed_in, "/")
-    assert signed_in.post("/logout", data={"csrf": token}).status_code == 200
+    done = signed_in.post("/logout", data={"csrf": token}, follow_redirects=False)
+    assert (done.status_code, done.headers["location"]) == (303, "/logout")
+    assert "You are signed out" in signed_in.get("/logout").text
     assert signed_in.get("/", follow_redirects=False).status_code == 303
 
 
