@@ -411,7 +411,7 @@ def test_example_rules_pass_rules_check() -> None:
 
 def test_example_rules_cover_every_section() -> None:
     rules = yaml.safe_load((EXAMPLES / "rules.yml").read_text(encoding="utf-8"))
-    assert set(rules) == {"severity", "remediations", "escalation", "maintenance"}
+    assert set(rules) == {"severity", "remediations", "escalation", "maintenance", "slack"}
     assert set(rules["escalation"]) == {"SEV1", "SEV2", "SEV3", "SEV4"}
 
 

@@ -173,8 +173,11 @@ def test_three_replicas_sending_the_same_groups_make_one_incident_and_one_page_e
     assert sorted(m.metadata["event_payload"]["incident_id"] for m in parents) == sorted(
         i["id"] for i in incidents
     ), "one Slack parent per incident"
+    # An alert added after the opening is told in the Slack thread (an update).
+    added = {i["id"]: [e["kind"] for e in i["timeline"]].count("alert_added") for i in incidents}
     assert Counter((r["incident_id"], r["channel"], r["action"]) for r in rows) == {
-        (i["id"], channel, "trigger"): 1 for i in incidents for channel in ("slack", "pagerduty")
+        **{(i["id"], channel, "trigger"): 1 for i in incidents for channel in ("slack", "pagerduty")},
+        **{(incident_id, "slack", "update"): n for incident_id, n in added.items() if n},
     }
     assert {r["status"] for r in rows} == {"sent"}
 
