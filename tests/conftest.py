@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -233,18 +234,52 @@ class WorkerProcess(ChildProcess):
         wait_for(ready, timeout=timeout, what="worker ready")
 
 
+def running_worker(
+    env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """For a module's worker fixture: a worker with ``env``, on an empty broker."""
+    # Messages left by tests that inspect the queue would otherwise be consumed
+    # here, racing the per-test cleanup.
+    redis.Redis.from_url(env["INCIDENT_BROKER_URL"]).flushdb()
+    process = WorkerProcess(env, tmp_path_factory.mktemp("worker") / "worker.log")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def running_api(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    """For a module's api fixture: an api process with ``env``."""
+    process = ApiProcess(env, tmp_path_factory.mktemp("api") / "api.log")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def notifiers_env(fake_slack: Any, fake_pagerduty: Any, channel: str) -> dict[str, str]:
+    """Settings that send Slack and PagerDuty to the fakes, through the real clients."""
+    from tests.fakes.pagerduty import DEFAULT_ROUTING_KEY
+    from tests.fakes.slack import DEFAULT_TOKEN
+
+    return {
+        "INCIDENT_SLACK_BOT_TOKEN": DEFAULT_TOKEN,
+        "INCIDENT_SLACK_CHANNEL": fake_slack.channel_id(channel),
+        "INCIDENT_SLACK_API_URL": fake_slack.url,
+        "INCIDENT_PAGERDUTY_ROUTING_KEY": DEFAULT_ROUTING_KEY,
+        "INCIDENT_PAGERDUTY_EVENTS_URL": fake_pagerduty.url,
+        # The worker trusts the fake PagerDuty's throwaway CA, and only it.
+        "SSL_CERT_FILE": fake_pagerduty.ca_path,
+    }
+
+
 @pytest.fixture(scope="module")
 def worker(
     incident_environment: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
-    # Messages left by tests that inspect the queue would otherwise be consumed
-    # here, racing the per-test cleanup.
-    redis.Redis.from_url(incident_environment["INCIDENT_BROKER_URL"]).flushdb()
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    process = WorkerProcess(incident_environment, log_path)
-    process.wait_ready()
-    yield process
-    process.stop()
+    yield from running_worker(incident_environment, tmp_path_factory)
 
 
 @pytest.fixture

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import redis
 
-from tests.conftest import ApiProcess, WorkerProcess
-from tests.fakes.pagerduty import DEFAULT_ROUTING_KEY, FakePagerDuty
-from tests.fakes.slack import DEFAULT_TOKEN, FakeSlack
+from tests.conftest import (
+    ApiProcess, WorkerProcess, notifiers_env, running_api, running_worker,
+)
+from tests.fakes.pagerduty import FakePagerDuty
+from tests.fakes.slack import FakeSlack
 
 CHANNEL = "incidents"
 
@@ -32,13 +33,7 @@ def notify_env(incident_environment, fake_slack, fake_pagerduty, tmp_path_factor
     rules.write_text(RULES)
     return {
         **incident_environment,
-        "INCIDENT_SLACK_BOT_TOKEN": DEFAULT_TOKEN,
-        "INCIDENT_SLACK_CHANNEL": fake_slack.channel_id(CHANNEL),
-        "INCIDENT_SLACK_API_URL": fake_slack.url,
-        "INCIDENT_PAGERDUTY_ROUTING_KEY": DEFAULT_ROUTING_KEY,
-        "INCIDENT_PAGERDUTY_EVENTS_URL": fake_pagerduty.url,
-        # The worker trusts the fake PagerDuty's throwaway CA, and only it.
-        "SSL_CERT_FILE": fake_pagerduty.ca_path,
+        **notifiers_env(fake_slack, fake_pagerduty, CHANNEL),
         "INCIDENT_RULES_FILE": str(rules),
         "INCIDENT_ESCALATION_POLL_SECONDS": "0.5",
     }
@@ -56,16 +51,9 @@ escalation:
 
 @pytest.fixture(scope="module")
 def notifying_worker(notify_env, tmp_path_factory) -> Iterator[WorkerProcess]:
-    redis.Redis.from_url(notify_env["INCIDENT_BROKER_URL"]).flushdb()
-    process = WorkerProcess(notify_env, tmp_path_factory.mktemp("worker") / "worker.log")
-    process.wait_ready()
-    yield process
-    process.stop()
+    yield from running_worker(notify_env, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def notifying_api(notify_env, tmp_path_factory) -> Iterator[ApiProcess]:
-    api = ApiProcess(notify_env, tmp_path_factory.mktemp("api") / "api.log")
-    api.wait_ready()
-    yield api
-    api.stop()
+    yield from running_api(notify_env, tmp_path_factory)

@@ -11,12 +11,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-import redis
 from slack_sdk.signature import SignatureVerifier
 
-from tests.conftest import ApiProcess, WorkerProcess
-from tests.fakes.pagerduty import DEFAULT_ROUTING_KEY, FakePagerDuty
-from tests.fakes.slack import DEFAULT_TOKEN, FakeSlack
+from tests.conftest import (
+    ApiProcess, WorkerProcess, notifiers_env, running_api, running_worker,
+)
+from tests.fakes.pagerduty import FakePagerDuty
+from tests.fakes.slack import FakeSlack
 from tests.fakes.slack_responses import FakeResponseUrls
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -117,29 +118,17 @@ def slack_env(
     rules.write_text(slack_rules)
     return {
         **incident_environment,
-        "INCIDENT_SLACK_BOT_TOKEN": DEFAULT_TOKEN,
-        "INCIDENT_SLACK_CHANNEL": fake_slack.channel_id(CHANNEL),
-        "INCIDENT_SLACK_API_URL": fake_slack.url,
+        **notifiers_env(fake_slack, fake_pagerduty, CHANNEL),
         "INCIDENT_SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "INCIDENT_PAGERDUTY_ROUTING_KEY": DEFAULT_ROUTING_KEY,
-        "INCIDENT_PAGERDUTY_EVENTS_URL": fake_pagerduty.url,
-        "SSL_CERT_FILE": fake_pagerduty.ca_path,
         "INCIDENT_RULES_FILE": str(rules),
     }
 
 
 @pytest.fixture(scope="module")
 def slack_worker(slack_env, tmp_path_factory) -> Iterator[WorkerProcess]:
-    redis.Redis.from_url(slack_env["INCIDENT_BROKER_URL"]).flushdb()
-    process = WorkerProcess(slack_env, tmp_path_factory.mktemp("worker") / "worker.log")
-    process.wait_ready()
-    yield process
-    process.stop()
+    yield from running_worker(slack_env, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def slack_api(slack_env, tmp_path_factory) -> Iterator[ApiProcess]:
-    api = ApiProcess(slack_env, tmp_path_factory.mktemp("api") / "api.log")
-    api.wait_ready()
-    yield api
-    api.stop()
+    yield from running_api(slack_env, tmp_path_factory)

@@ -13,7 +13,6 @@ from unittest import mock
 
 import httpx
 import pytest
-import redis
 from sqlalchemy import select
 
 from incident.config import Settings
@@ -24,9 +23,11 @@ from incident.models import Incident
 from incident.rules import load_rules
 from incident.windows.suppression import release
 from incident.worker.app import publish
-from tests.conftest import API_TOKEN, ApiProcess, WorkerProcess
-from tests.fakes.pagerduty import DEFAULT_ROUTING_KEY, FakePagerDuty
-from tests.fakes.slack import DEFAULT_TOKEN, FakeSlack
+from tests.conftest import (
+    API_TOKEN, ApiProcess, WorkerProcess, notifiers_env, running_api, running_worker,
+)
+from tests.fakes.pagerduty import FakePagerDuty
+from tests.fakes.slack import FakeSlack
 from tests.remediation.target import FakeTarget
 
 CHANNEL = "incidents"
@@ -75,12 +76,7 @@ def windows_env(
     rules.write_text(RULES.format(target=target.url))
     return {
         **incident_environment,
-        "INCIDENT_SLACK_BOT_TOKEN": DEFAULT_TOKEN,
-        "INCIDENT_SLACK_CHANNEL": fake_slack.channel_id(CHANNEL),
-        "INCIDENT_SLACK_API_URL": fake_slack.url,
-        "INCIDENT_PAGERDUTY_ROUTING_KEY": DEFAULT_ROUTING_KEY,
-        "INCIDENT_PAGERDUTY_EVENTS_URL": fake_pagerduty.url,
-        "SSL_CERT_FILE": fake_pagerduty.ca_path,
+        **notifiers_env(fake_slack, fake_pagerduty, CHANNEL),
         "INCIDENT_RULES_FILE": str(rules),
         "INCIDENT_ALERTMANAGER_URL": real_alertmanager.url,
     }
@@ -88,19 +84,12 @@ def windows_env(
 
 @pytest.fixture(scope="module")
 def windows_worker(windows_env, tmp_path_factory) -> Iterator[WorkerProcess]:
-    redis.Redis.from_url(windows_env["INCIDENT_BROKER_URL"]).flushdb()
-    process = WorkerProcess(windows_env, tmp_path_factory.mktemp("worker") / "worker.log")
-    process.wait_ready()
-    yield process
-    process.stop()
+    yield from running_worker(windows_env, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def windows_api(windows_env, tmp_path_factory) -> Iterator[ApiProcess]:
-    process = ApiProcess(windows_env, tmp_path_factory.mktemp("api") / "api.log")
-    process.wait_ready()
-    yield process
-    process.stop()
+    yield from running_api(windows_env, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
