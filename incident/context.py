@@ -52,7 +52,9 @@ class Context:
 
     @cached_property
     def channels(self) -> Channels:
-        return Channels.from_settings(self.settings)
+        return Channels.from_settings(
+            self.settings, routed_pagerduty=any(r.pagerduty for r in self.rules.routes)
+        )
 
     @cached_property
     def events(self) -> EventBus:

@@ -18,7 +18,7 @@ from incident.console.session import SignInRequired, install_sessions
 from incident.context import Context
 from incident.incidents.store import BadCursor, IncidentNotFound, TransitionNotAllowed
 from incident.logging import configure_logging
-from incident.rules import load_rules
+from incident.rules import load_rules, require_routing_keys
 from incident.worker.app import publish
 
 
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.rules = load_rules(settings.rules_file)
+    require_routing_keys(app.state.rules.routes)
     app.state.context = Context(settings, app.state.rules, publish)
     app.include_router(webhooks.router)
     app.include_router(pagerduty.router)

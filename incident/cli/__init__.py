@@ -40,6 +40,7 @@ def _api(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from incident.logging import configure_logging
+    from incident.rules import load_rules, require_routing_keys
     from incident.worker import app
     from incident.worker.routes import QUEUES
 
@@ -47,6 +48,7 @@ def _worker(args: argparse.Namespace) -> int:
     configure_logging(settings, process="worker")
     settings.require_broker_url()
     settings.require_database_url()
+    require_routing_keys(load_rules(settings.rules_file).routes)
     extra = list(args.celery_args)
     if not any(a == "-Q" or a.startswith(("--queues", "-Q")) for a in extra):
         extra = ["--queues", ",".join(QUEUES), *extra]

@@ -123,6 +123,9 @@ class Incident(Base):
     # ``by``/``user``/``name`` (see lifecycle.Actor), or null.
     acknowledged_by: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     resolved_by: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    # Where it is told, chosen by the rules file's routes when it opened (see
+    # rules/routes.py Destinations): later notifications go to the same places.
+    route: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     alerts: Mapped[list[Alert]] = relationship(
         back_populates="incident", order_by="Alert.id", cascade="all, delete-orphan",

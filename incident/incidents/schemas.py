@@ -44,6 +44,8 @@ class RemediationOut(_Out):
 class NotificationOut(_Out):
     channel: str
     action: str
+    # The routed Slack channel or routing-key variable name; '' for the channel's default.
+    destination: str = ""
     status: str
     external_id: str | None
     at: datetime
@@ -93,6 +95,10 @@ class IncidentOut(_Out):
     labels: dict[str, str]
     acknowledged_by: ActorOut | None
     resolved_by: ActorOut | None
+    # Where it is told: the matched routes and their destinations (Slack
+    # channels, names of the variables holding PagerDuty routing keys, e-mail
+    # recipients; empty lists mean the defaults), or null before it was routed.
+    route: dict[str, Any] | None = None
     # The first alerts and timeline entries (all of them for most incidents);
     # a ``*_next_cursor`` says there are more, read through the paged routes.
     alerts: list[AlertOut]
@@ -125,7 +131,7 @@ class IncidentOut(_Out):
 # Read from the incident row itself (and the relationships the caller loaded).
 _FROM_ROW = (
     "id", "key", "title", "summary", "severity", "status", "flapping", "in_maintenance", "created_at",
-    "acknowledged_at", "resolved_at", "acknowledged_by", "resolved_by", "labels", "alerts_dropped", "remediations",
+    "acknowledged_at", "resolved_at", "acknowledged_by", "resolved_by", "route", "labels", "alerts_dropped", "remediations",
     "notifications", "silences",
 )
 

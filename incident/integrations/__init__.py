@@ -44,6 +44,7 @@ __all__ = [
     "SlackPoster",
     "TransientDeliveryError",
     "build_pager",
+    "build_pager_for_key",
     "build_slack",
     "console",
 ]
@@ -67,6 +68,11 @@ def build_pager(settings: Settings) -> Pager | None:
     routing_key = key.get_secret_value() if key else ""
     if not routing_key:
         return None
+    return build_pager_for_key(settings, routing_key)
+
+
+def build_pager_for_key(settings: Settings, routing_key: str) -> Pager:
+    """A ``PagerDutyNotifier`` for one service's key (a route's ``routing_key_env``)."""
     from incident.integrations.pagerduty import PagerDutyNotifier
 
     return PagerDutyNotifier(routing_key, events_url=settings.pagerduty_events_url)

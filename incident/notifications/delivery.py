@@ -64,6 +64,7 @@ class Claim:
     channel: Channel
     action: Action
     target: str | None
+    destination: str
     text: str | None
     priority: bool
     recovering: bool
@@ -129,7 +130,7 @@ def _claim(
         return None  # another worker has it right now
     parent_ts = None
     if row.channel == Channel.SLACK and row.action != Action.TRIGGER:
-        parent = _slack_parent(session, row.incident_id)
+        parent = _slack_parent(session, row.incident_id, row.destination)
         if parent is None or parent.status in (DeliveryStatus.PENDING, DeliveryStatus.SENDING):
             raise RetryLater(2, "the Slack parent message is not posted yet", counts=False)
         if parent.status == DeliveryStatus.FAILED:
@@ -148,18 +149,20 @@ def _claim(
     row.attempts += 1
     return Claim(
         id=row.id, channel=Channel(row.channel), action=Action(row.action), target=row.target,
-        text=row.text, priority=row.priority, recovering=recovering, claimed_at=claimed_at,
+        destination=row.destination, text=row.text, priority=row.priority, recovering=recovering, claimed_at=claimed_at,
         kind=kind, parent_ts=parent_ts, view=incident_view(incident, public_url),
         stamp=row.created_at.isoformat(),
     )
 
 
-def _slack_parent(session: Session, incident_id: int) -> Notification | None:
+def _slack_parent(session: Session, incident_id: int, destination: str) -> Notification | None:
+    """The incident's parent message in the channel this row goes to."""
     return session.scalars(
         select(Notification).where(
             Notification.incident_id == incident_id,
             Notification.channel == Channel.SLACK,
             Notification.action == Action.TRIGGER,
+            Notification.destination == destination,
         ).order_by(Notification.id).limit(1)
     ).one_or_none()
 
@@ -177,7 +180,9 @@ def _send(claim: Claim, notifiers: Notifiers) -> str:
 
 
 def _send_pagerduty(claim: Claim, notifiers: Notifiers) -> str:
-    pager = notifiers.require_pager()
+    # The service the incident was routed to when it opened: its key is read
+    # now, from the variable the route named, so it never sits in the ledger.
+    pager = notifiers.pager_for(claim.destination)
     key = claim.view.key
     if claim.action in (Action.TRIGGER, Action.ESCALATE):
         # Repeating a trigger is safe: PagerDuty folds it into the same alert.

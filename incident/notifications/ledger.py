@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,7 @@ from incident.notifications import timers
 from incident.notifications.models import Action, Channel, Notification
 from incident.notifications.planning import Channels, IncidentState, plan
 from incident.queues import NOTIFY, PAGE
-from incident.rules import Rules, Severity
+from incident.rules import Destinations, Rules, Severity
 
 DELIVER_TASK = "incident.notifications.deliver"
 
@@ -32,15 +32,14 @@ def deliver_message(notification_id: int, *, priority: bool) -> outbox.Message:
     )
 
 
-def _has_trigger(session: Session, incident_id: int, channel: Channel) -> bool:
-    return bool(
-        session.scalar(
-            select(
-                exists().where(
-                    Notification.incident_id == incident_id,
-                    Notification.channel == channel,
-                    Notification.action == Action.TRIGGER,
-                )
+def _triggered(session: Session, incident_id: int, channel: Channel) -> frozenset[str]:
+    """The destinations of ``channel`` that have had a trigger for this incident."""
+    return frozenset(
+        session.scalars(
+            select(Notification.destination).distinct().where(
+                Notification.incident_id == incident_id,
+                Notification.channel == channel,
+                Notification.action == Action.TRIGGER,
             )
         )
     )
@@ -58,20 +57,28 @@ class NotificationPlanner:
         now: datetime,
     ) -> None:
         timers.on_timeline(session, incident, entries, self.rules, now)
+        if incident.route is None:
+            # Chosen once, when it opens: later events go where the first went,
+            # whatever the rules file says by then.
+            incident.route = self.rules.destinations_for(incident.labels).as_record()
+        route = Destinations.from_record(incident.route)
         if incident.in_maintenance:
             # Opened under a maintenance window: the end of its maintenance is told
             # as its opening, and nothing before it is told at all.
             return
         # An incident opened in this very transaction has been told nothing yet.
         new = TimelineKind(entries[0].kind) is TimelineKind.OPENED
-        paged = not new and _has_trigger(session, incident.id, Channel.PAGERDUTY)
-        slack_parent = not new and _has_trigger(session, incident.id, Channel.SLACK)
+        paged = frozenset() if new else _triggered(session, incident.id, Channel.PAGERDUTY)
+        slack_parents = frozenset() if new else _triggered(session, incident.id, Channel.SLACK)
         rule_channel = self.rules.slack_channel_for(incident.labels)
         for entry in entries:
-            state = IncidentState(Severity(incident.severity), incident.flapping, paged, slack_parent)
+            state = IncidentState(
+                Severity(incident.severity), incident.flapping, paged, slack_parents
+            )
             policy = self.rules.escalation_for(state.severity)
             planned = plan(
-                TimelineKind(entry.kind), entry.detail, state, policy, self.channels, rule_channel
+                TimelineKind(entry.kind), entry.detail, state, policy, self.channels,
+                rule_channel, route,
             )
             for item in planned:
                 row_id = session.scalar(
@@ -82,17 +89,19 @@ class NotificationPlanner:
                         action=item.action,
                         step=entry.id,
                         target=item.target,
+                        destination=item.destination,
                         text=item.text,
                         priority=item.priority,
                         created_at=now,
                     )
                     .on_conflict_do_nothing(
-                        index_elements=["incident_id", "channel", "action", "step"]
+                        index_elements=["incident_id", "channel", "action", "step", "destination"]
                     )
                     .returning(Notification.id)
                 )
                 if row_id is not None:
                     outbox.put(session, deliver_message(row_id, priority=item.priority), now=now)
-                if item.action is Action.TRIGGER:
-                    paged = paged or item.channel is Channel.PAGERDUTY
-                    slack_parent = slack_parent or item.channel is Channel.SLACK
+                if item.action is Action.TRIGGER and item.channel is Channel.PAGERDUTY:
+                    paged |= {item.destination}
+                elif item.action is Action.TRIGGER and item.channel is Channel.SLACK:
+                    slack_parents |= {item.destination}

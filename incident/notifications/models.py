@@ -1,10 +1,12 @@
 """The notification ledger and escalation timers.
 
 Every notification is a row before it is a request. The unique key (incident,
-channel, action, step) is what makes a retried task, a redelivered message or
+channel, action, step, destination) is what makes a retried task, a redelivered message or
 a duplicate webhook unable to post twice: they all find the row already there.
 ``step`` is the id of the timeline entry the notification announces, so each
-event is told once per channel and action.
+event is told once per channel, action and destination: the Slack channel or
+the name of the variable holding the PagerDuty routing key ('' for the
+default), so two routes reach two channels and two services, each once.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class DeliveryStatus(StrEnum):
 class Notification(Base):
     __tablename__ = "notifications"
     __table_args__ = (
-        UniqueConstraint("incident_id", "channel", "action", "step"),
+        UniqueConstraint("incident_id", "channel", "action", "step", "destination"),
         CheckConstraint("status IN ('pending','sending','digested','sent','failed')",
                         name="status"),
         Index("ix_notifications_pending", "status", "created_at",
@@ -71,6 +73,7 @@ class Notification(Base):
     step: Mapped[int] = mapped_column(BigInteger)
     # Where it goes (a Slack channel) and what it says beyond the incident itself.
     target: Mapped[str | None] = mapped_column(Text)
+    destination: Mapped[str] = mapped_column(Text, default="", server_default="")
     text: Mapped[str | None] = mapped_column(Text)
     priority: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from incident.config import Settings
-from incident.integrations import build_pager, build_slack, console
-from incident.integrations.base import Pager, SlackPoster
+from incident.integrations import build_pager, build_pager_for_key, build_slack, console
+from incident.integrations.base import Pager, PermanentDeliveryError, SlackPoster
 from incident.notifications.digest import SlackDigests
 from incident.notifications.ratelimit import TokenBucket
 
@@ -24,6 +26,10 @@ class Notifiers:
     public_url: str
     slack_bucket: TokenBucket
     digests: SlackDigests
+    # A routed service's notifier, from its routing key.
+    pager_for_key: Callable[[str], Pager] | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    _routed: dict[str, Pager] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, bucket: TokenBucket, digests: SlackDigests) -> Notifiers:
@@ -35,6 +41,7 @@ class Notifiers:
             public_url=settings.public_url,
             slack_bucket=bucket,
             digests=digests,
+            pager_for_key=lambda key: build_pager_for_key(settings, key),
         )
 
     def require_slack(self) -> SlackPoster:
@@ -46,3 +53,16 @@ class Notifiers:
         if self.pager is None:
             raise NotConfigured("PagerDuty is not configured (INCIDENT_PAGERDUTY_ROUTING_KEY)")
         return self.pager
+
+    def pager_for(self, routing_key_env: str) -> Pager:
+        """The notifier of the service whose key is in ``routing_key_env``; '' the default."""
+        if not routing_key_env:
+            return self.require_pager()
+        if routing_key_env not in self._routed:
+            key = self.environ.get(routing_key_env)
+            if not key or self.pager_for_key is None:
+                raise PermanentDeliveryError(
+                    f"PagerDuty routing key variable {routing_key_env} is not set in the worker"
+                )
+            self._routed[routing_key_env] = self.pager_for_key(key)
+        return self._routed[routing_key_env]

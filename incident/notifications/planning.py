@@ -6,21 +6,26 @@ trigger per opening (dedup_key = the incident key), then acknowledge and
 resolve. A flapping incident stops paging until it settles. What PagerDuty
 itself told us (``by: pagerduty``) is never sent back to it. An incident
 opened under a maintenance window is told nothing until the window ends; the
-end of its maintenance is then told as its opening. With neither
+end of its maintenance is then told as its opening. The incident's route says
+where: each of its Slack channels and PagerDuty services is a destination of
+its own, told each event once; with no route, the defaults ('' destination). With neither
 Slack nor PagerDuty configured, everything goes to the console notifier.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from incident.config import Settings
 from incident.incidents.lifecycle import PAGERDUTY, announced_opening
 from incident.incidents.models import TimelineKind
 from incident.notifications.models import Action, Channel
-from incident.rules import Severity
+from incident.rules import Destinations, Severity
 from incident.rules.escalation import EscalationPolicy
+
+# An incident no route matched: every channel's default.
+UNROUTED = Destinations()
 
 # Events that change what the parent message shows, so it is edited as well.
 EDITS_PARENT = {
@@ -41,18 +46,22 @@ _SLACK_ACTION = {
 
 @dataclass(frozen=True)
 class Channels:
-    """What this installation can reach, from settings."""
+    """What this installation can reach, from settings (and routes, for PagerDuty)."""
 
     slack: bool
     slack_default_channel: str | None
     pagerduty: bool
+    # A default routing key is set: an incident routed to no service pages it.
+    pagerduty_default: bool = True
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Channels:
+    def from_settings(cls, settings: Settings, *, routed_pagerduty: bool = False) -> Channels:
+        default_key = settings.pagerduty_routing_key is not None
         return cls(
             slack=settings.slack_bot_token is not None and bool(settings.slack_channel),
             slack_default_channel=settings.slack_channel,
-            pagerduty=settings.pagerduty_routing_key is not None,
+            pagerduty=default_key or routed_pagerduty,
+            pagerduty_default=default_key,
         )
 
     @property
@@ -67,14 +76,18 @@ class Planned:
     target: str | None = None
     text: str | None = None
     priority: bool = False
+    # Part of the ledger key: the routed Slack channel or routing-key variable; '' the default.
+    destination: str = ""
 
 
 @dataclass(frozen=True)
 class IncidentState:
     severity: Severity
     flapping: bool
-    paged: bool  # a PagerDuty trigger exists for this incident
-    slack_parent: bool  # a Slack parent message exists (or is planned) for it
+    # The destinations (see Planned.destination) with a PagerDuty trigger, and
+    # with a Slack parent message, that exist (or are planned) for it.
+    paged: frozenset[str] = frozenset()
+    slack_parents: frozenset[str] = frozenset()
 
 
 def plan(
@@ -84,8 +97,10 @@ def plan(
     policy: EscalationPolicy,
     channels: Channels,
     rule_channel: str | None = None,
+    route: Destinations = UNROUTED,
 ) -> list[Planned]:
-    """``rule_channel``: the Slack channel the matching severity rule names, if any."""
+    """``rule_channel``: the Slack channel the matching severity rule names, if any;
+    ``route``: the incident's recorded destinations, each told on its own."""
     if kind is TimelineKind.REMEDIATION and not detail.get("announce"):
         # Retries in progress, and outcomes of `on_failure: ignore`: recorded only.
         return []
@@ -101,26 +116,32 @@ def plan(
 
     planned: list[Planned] = []
     if channels.slack and policy.slack_enabled:
-        target = rule_channel or policy.slack_channel or channels.slack_default_channel
-        if kind is TimelineKind.OPENED or not incident.slack_parent:
-            # The first message Slack hears about an incident becomes its parent.
-            planned.append(Planned(Channel.SLACK, Action.TRIGGER, target, text, urgent))
-        else:
-            planned.append(
-                Planned(
-                    Channel.SLACK, _SLACK_ACTION.get(kind, Action.UPDATE), target, text,
-                    priority=urgent and (opening is not None or kind is TimelineKind.ESCALATED),
-                )
-            )
+        default = rule_channel or policy.slack_channel or channels.slack_default_channel
+        slack = [(channel, channel) for channel in route.slack] or [("", default)]
+        for destination, target in slack:
+            if kind is TimelineKind.OPENED or destination not in incident.slack_parents:
+                # The first message a channel hears about an incident becomes its parent.
+                action, priority = Action.TRIGGER, urgent
+            else:
+                action = _SLACK_ACTION.get(kind, Action.UPDATE)
+                priority = urgent and (opening is not None or kind is TimelineKind.ESCALATED)
+            planned.append(Planned(Channel.SLACK, action, target, text, priority, destination))
     if channels.pagerduty and detail.get("by") != PAGERDUTY:
-        planned.extend(_pagerduty(kind, opening is not None, incident, policy))
+        services = list(route.pagerduty) or ([""] if channels.pagerduty_default else [])
+        for service in services:
+            planned.extend(
+                replace(each, destination=service)
+                for each in _pagerduty(kind, opening is not None, incident, policy, service)
+            )
     return planned
 
 
 def _pagerduty(
-    kind: TimelineKind, opening: bool, incident: IncidentState, policy: EscalationPolicy
+    kind: TimelineKind, opening: bool, incident: IncidentState, policy: EscalationPolicy,
+    service: str,
 ) -> list[Planned]:
     pages = policy.pagerduty is not None and not incident.flapping
+    paged = service in incident.paged
     if opening or kind is TimelineKind.SEVERITY_CHANGED:
         # A raised severity re-triggers with the same dedup_key: PagerDuty
         # updates the alert it has rather than opening another.
@@ -129,9 +150,9 @@ def _pagerduty(
     elif kind is TimelineKind.ESCALATED:
         if pages:
             return [Planned(Channel.PAGERDUTY, Action.ESCALATE, policy.pagerduty, priority=True)]
-    elif kind is TimelineKind.ACKNOWLEDGED and incident.paged:
+    elif kind is TimelineKind.ACKNOWLEDGED and paged:
         return [Planned(Channel.PAGERDUTY, Action.ACKNOWLEDGE, priority=True)]
-    elif kind is TimelineKind.RESOLVED and incident.paged:
+    elif kind is TimelineKind.RESOLVED and paged:
         return [Planned(Channel.PAGERDUTY, Action.RESOLVE, priority=True)]
     return []
 

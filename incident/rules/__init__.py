@@ -18,6 +18,7 @@ from incident.rules.remediations import (
     RemediationRule,
     RetryPolicy,
 )
+from incident.rules.routes import Destinations, Route, require_routing_keys, unset_routing_keys
 from incident.rules.schemas import Rules, SeverityRule, SeverityRules
 from incident.rules.severity import Severity
 
@@ -25,6 +26,7 @@ __all__ = [
     "Backup",
     "CircuitBreakerPolicy",
     "CommandRemediation",
+    "Destinations",
     "Escalation",
     "EscalationPolicy",
     "Flapping",
@@ -37,6 +39,7 @@ __all__ = [
     "PythonRemediation",
     "RemediationRule",
     "RetryPolicy",
+    "Route",
     "Rules",
     "RulesError",
     "Severity",
@@ -46,4 +49,6 @@ __all__ = [
     "load_rules",
     "parse_matchers",
     "parse_rules",
+    "require_routing_keys",
+    "unset_routing_keys",
 ]

@@ -15,6 +15,7 @@ from incident.rules.escalation import Escalation, EscalationPolicy
 from incident.rules.maintenance import Maintenance
 from incident.rules.matchers import matches_all
 from incident.rules.remediations import AnyRemediation, RemediationRule, check_unique_names
+from incident.rules.routes import Destinations, Route, choose_destinations
 from incident.rules.schema_types import NonEmptyStr, MatcherList, StrictModel
 from incident.rules.severity import Severity
 
@@ -70,6 +71,8 @@ class Rules(StrictModel):
     escalation: Escalation = Field(default_factory=Escalation)
     maintenance: Maintenance = Field(default_factory=Maintenance)
     slack: SlackActions = Field(default_factory=SlackActions)
+    # First match wins, unless a route says `continue: true`.
+    routes: tuple[Route, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -113,6 +116,10 @@ class Rules(StrictModel):
             if matches_all(rule.matchers, labels):
                 return rule.channel
         return None
+
+    def destinations_for(self, labels: Mapping[str, str]) -> Destinations:
+        """Where an incident with these labels is told, from the matching routes."""
+        return choose_destinations(self.routes, labels)
 
     def matching_remediations(self, labels: Mapping[str, str]) -> list[RemediationRule]:
         """Every remediation whose matchers all match, in file order."""

@@ -21,7 +21,10 @@ CONSOLE = Channels(slack=False, slack_default_channel=None, pagerduty=False)
 
 
 def state(severity="SEV1", *, flapping=False, paged=False, slack_parent=True) -> IncidentState:
-    return IncidentState(Severity(severity), flapping, paged, slack_parent)
+    return IncidentState(
+        Severity(severity), flapping, frozenset({""} if paged else ()),
+        frozenset({""} if slack_parent else ()),
+    )
 
 
 def told(kind, incident, channels=BOTH, **detail):

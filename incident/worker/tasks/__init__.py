@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from incident.config import get_settings
 from incident.context import Context
-from incident.rules import load_rules
+from incident.rules import load_rules, require_routing_keys
 from incident.worker.app import publish
 
 
@@ -22,7 +22,10 @@ _process = _Process()
 def context() -> Context:
     if _process.context is None:
         settings = get_settings()
-        _process.context = Context(settings, load_rules(settings.rules_file), publish)
+        rules = load_rules(settings.rules_file)
+        # Also checked when `incident worker` starts; `celery worker` starts here.
+        require_routing_keys(rules.routes)
+        _process.context = Context(settings, rules, publish)
     return _process.context
 
 
