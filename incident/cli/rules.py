@@ -22,6 +22,7 @@ from incident.remediation.python_action import find_entry_point, missing_entry_p
 from incident.rules.durations import format_duration
 from incident.rules.escalation import EscalationPolicy
 from incident.rules.loader import RulesError, format_location, load_rules
+from incident.rules.routes import unset_routing_keys
 from incident.rules.remediations import (
     CommandRemediation,
     HttpRemediation,
@@ -55,9 +56,14 @@ def check(path: Path | None, out: TextIO | None = None, err: TextIO | None = Non
         return 1
     print(
         f"OK: {path if path is not None else BUILT_IN}: "
-        f"{len(rules.severity.rules)} severity rules, {len(rules.remediations)} remediations",
+        f"{len(rules.severity.rules)} severity rules, {len(rules.remediations)} remediations, "
+        f"{len(rules.routes)} routes",
         file=out,
     )
+    # The api and workers refuse to start without them; here it is only a warning,
+    # since the file may be checked where the keys do not live.
+    for name in unset_routing_keys(rules.routes):
+        print(f"warning: routing_key_env {name} is not set in this environment", file=err)
     return 0
 
 
@@ -204,6 +210,12 @@ def assess(rules: Rules, payload: WebhookPayload) -> dict[str, Any]:
             if severity is not None
             else None
         ),
+        # Chosen from the incident's labels, the group's common labels, as the pipeline does.
+        "route": (
+            rules.destinations_for(payload.common_labels).as_record()
+            if severity is not None
+            else None
+        ),
     }
 
 
@@ -282,7 +294,24 @@ def _as_text(verdict: dict[str, Any]) -> str:
         lines.append("Remediations: none match the group's common labels")
     lines.append(f"Escalation for {severity}:")
     lines += [f"  {line}" for line in _escalation_lines(verdict["escalation"])]
+    lines += _route_lines(verdict["route"])
     return "\n".join(lines)
+
+
+def _route_lines(route: dict[str, Any]) -> list[str]:
+    matched = ", ".join(route["routes"]) or "none matched: the defaults"
+    lines = [f"Route: {matched}"]
+    for channel, default in (
+        ("slack", "default channel"),
+        ("pagerduty", "default routing key (INCIDENT_PAGERDUTY_ROUTING_KEY)"),
+        ("email", "default recipients (INCIDENT_EMAIL_TO)"),
+    ):
+        shown = ", ".join(route[channel]) or default
+        if channel == "pagerduty" and route[channel]:
+            shown = ", ".join(f"key from ${name}" for name in route[channel])
+        lines.append(f"  {channel}: {shown}")
+    lines += [f"  problem: {problem}" for problem in route.get("problems", ())]
+    return lines
 
 
 def _request_lines(request: dict[str, Any]) -> list[str]:

@@ -39,13 +39,15 @@ MAX_EVENT_BYTES = 512 * 1024
 class FakePagerDuty(FakeHTTPService):
     def __init__(
         self, *, routing_key: str = DEFAULT_ROUTING_KEY, api_key: str = DEFAULT_API_KEY,
-        services: dict[str, str] | None = None,
+        services: dict[str, str] | None = None, other_routing_keys: tuple[str, ...] = (),
     ) -> None:
         self.ca = trustme.CA()
         server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
         super().__init__(tls=server_context)
         self.routing_key = routing_key
+        # Further integration keys it accepts: several services, one per team.
+        self.routing_keys = frozenset({routing_key, *other_routing_keys})
         self.api_key = api_key
         self.services = services if services is not None else {"PSVC001": "Checkout API"}
         self.subscriptions: list[dict[str, Any]] = []
@@ -113,7 +115,7 @@ class FakePagerDuty(FakeHTTPService):
             return _invalid("Malformed JSON")
         if int(headers.get("content-length", 0)) > MAX_EVENT_BYTES:
             return _invalid("Event object is too large")
-        problems = _problems(body, self.routing_key)
+        problems = _problems(body, self.routing_keys)
         if problems:
             return _invalid(*problems)
         dedup_key = body.get("dedup_key") or uuid.uuid4().hex
@@ -184,9 +186,9 @@ def _rest_error(status: int, message: str, *, code: int = 0, errors: list[str] |
     return Reply(status, {"error": {"message": message, "code": code, "errors": errors or []}})
 
 
-def _problems(event: dict[str, Any], routing_key: str) -> list[str]:
+def _problems(event: dict[str, Any], routing_keys: frozenset[str]) -> list[str]:
     problems = []
-    if event.get("routing_key") != routing_key:
+    if event.get("routing_key") not in routing_keys:
         problems.append("Invalid routing key")
     action = event.get("event_action")
     if action not in ACTIONS:

@@ -89,14 +89,14 @@ class TestCheck:
     def test_valid_file(self, rules_file: Path) -> None:
         assert run(check, rules_file) == (
             0,
-            f"OK: {rules_file}: 4 severity rules, 2 remediations\n",
+            f"OK: {rules_file}: 4 severity rules, 2 remediations, 0 routes\n",
             "",
         )
 
     def test_built_in_defaults(self) -> None:
         assert run(check, None) == (
             0,
-            "OK: built-in defaults: 4 severity rules, 0 remediations\n",
+            "OK: built-in defaults: 4 severity rules, 0 remediations, 0 routes\n",
             "",
         )
 
