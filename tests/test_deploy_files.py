@@ -411,7 +411,9 @@ def test_example_rules_pass_rules_check() -> None:
 
 def test_example_rules_cover_every_section() -> None:
     rules = yaml.safe_load((EXAMPLES / "rules.yml").read_text(encoding="utf-8"))
-    assert set(rules) == {"severity", "remediations", "escalation", "maintenance", "slack"}
+    assert set(rules) == {
+        "severity", "remediations", "escalation", "maintenance", "slack", "routes",
+    }
     assert set(rules["escalation"]) == {"SEV1", "SEV2", "SEV3", "SEV4"}
 
 
@@ -423,12 +425,16 @@ def test_example_payload_opens_a_sev1_that_restarts_the_api() -> None:
     assert verdict["severity"] == "SEV1"
     assert [each["name"] for each in verdict["remediations"]] == ["restart-api"]
     assert verdict["escalation"]["pagerduty"] == "critical"
+    assert verdict["route"] == {
+        "routes": ["api"], "slack": ["#api-oncall"], "pagerduty": [], "email": [],
+    }
 
 
 def test_example_payload_as_text_like_amtool() -> None:
     result = incident_cli("rules", "test", "examples/rules.yml", "examples/payload.json")
     assert result.returncode == 0, result.stderr
     assert "Incident severity: SEV1" in result.stdout
+    assert "Route: api\n  slack: #api-oncall\n" in result.stdout
 
 
 def test_example_alertmanager_config_passes_amtool() -> None:

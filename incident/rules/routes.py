@@ -108,9 +108,16 @@ class PagerDutyRoute(StrictModel):
     routing_key_env: Annotated[NonEmptyStr, AfterValidator(_check_env_name)]
 
 
+def _some_recipients(addresses: tuple[str, ...]) -> tuple[str, ...]:
+    if not addresses:
+        raise rule_error("at least one recipient is needed")
+    return addresses
+
+
 class EmailRoute(StrictModel):
     to: Annotated[
-        tuple[Annotated[NonEmptyStr, AfterValidator(_check_address)], ...], Field(min_length=1)
+        tuple[Annotated[NonEmptyStr, AfterValidator(_check_address)], ...],
+        AfterValidator(_some_recipients),
     ]
 
 
