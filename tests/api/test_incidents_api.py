@@ -15,8 +15,8 @@ from tests.factories import T0, alert, payload
 RULES = load_rules(None)
 INCIDENT_KEYS = {
     "id", "key", "title", "summary", "severity", "status", "flapping", "created_at",
-    "acknowledged_at", "resolved_at", "acknowledged_by", "resolved_by", "labels", "alerts", "timeline", "remediations",
-    "notifications", "silences",
+    "acknowledged_at", "resolved_at", "acknowledged_by", "resolved_by", "route", "labels", "alerts", "timeline",
+    "remediations", "notifications", "silences",
     # Beyond INTERFACE's shape: how much there is, for incidents too large to show whole.
     "alerts_total", "alerts_next_cursor", "alerts_dropped", "timeline_total",
     "timeline_next_cursor",

@@ -200,6 +200,10 @@ class TestExplain:
             "  pagerduty: critical",
             "  slack: default channel",
             "  ack_timeout: 5m, repeat: 3",
+            "Route: none matched: the defaults",
+            "  slack: default channel",
+            "  pagerduty: default routing key (INCIDENT_PAGERDUTY_ROUTING_KEY)",
+            "  email: default recipients (INCIDENT_EMAIL_TO)",
         ]
 
     def test_severity_is_the_worst_of_the_firing_alerts(self, tmp_path: Path) -> None:
@@ -289,6 +293,7 @@ class TestExplain:
                 "escalate_after": "1h",
                 "escalate_to": "SEV2",
             },
+            "route": {"routes": [], "slack": [], "pagerduty": [], "email": []},
         }
 
     def test_title_without_alertname_in_group_labels(self, tmp_path: Path) -> None:
