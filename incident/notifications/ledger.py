@@ -18,7 +18,7 @@ from incident.incidents import outbox
 from incident.incidents.models import Incident, TimelineEntry, TimelineKind
 from incident.notifications import timers
 from incident.notifications.models import Action, Channel, Notification
-from incident.notifications.planning import Channels, IncidentState, plan
+from incident.notifications.planning import Channels, IncidentState, email_recipients, plan
 from incident.queues import NOTIFY, PAGE
 from incident.rules import Rules, Severity
 
@@ -67,11 +67,13 @@ class NotificationPlanner:
         paged = not new and _has_trigger(session, incident.id, Channel.PAGERDUTY)
         slack_parent = not new and _has_trigger(session, incident.id, Channel.SLACK)
         rule_channel = self.rules.slack_channel_for(incident.labels)
+        email_to = email_recipients(incident.labels, self.channels)
         for entry in entries:
             state = IncidentState(Severity(incident.severity), incident.flapping, paged, slack_parent)
             policy = self.rules.escalation_for(state.severity)
             planned = plan(
-                TimelineKind(entry.kind), entry.detail, state, policy, self.channels, rule_channel
+                TimelineKind(entry.kind), entry.detail, state, policy, self.channels, rule_channel,
+                email_to,
             )
             for item in planned:
                 row_id = session.scalar(

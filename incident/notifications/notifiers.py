@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from incident.config import Settings
-from incident.integrations import build_pager, build_slack, console
+from incident.integrations import build_mailer, build_pager, build_slack, console
 from incident.integrations.base import Pager, SlackPoster
+from incident.integrations.email import EmailNotifier
 from incident.notifications.digest import SlackDigests
 from incident.notifications.ratelimit import TokenBucket
 
@@ -24,10 +25,18 @@ class Notifiers:
     public_url: str
     slack_bucket: TokenBucket
     digests: SlackDigests
+    mailer: EmailNotifier | None = None
+    # Per recipient list: SEV3/SEV4 mail beyond it waits for the next digest.
+    email_bucket: TokenBucket | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, bucket: TokenBucket, digests: SlackDigests) -> Notifiers:
+    def from_settings(
+        cls, settings: Settings, *, bucket: TokenBucket, digests: SlackDigests,
+        email_bucket: TokenBucket | None = None,
+    ) -> Notifiers:
         return cls(
+            mailer=build_mailer(settings),
+            email_bucket=email_bucket,
             slack=build_slack(settings),
             pager=build_pager(settings),
             console=console(),
@@ -46,3 +55,10 @@ class Notifiers:
         if self.pager is None:
             raise NotConfigured("PagerDuty is not configured (INCIDENT_PAGERDUTY_ROUTING_KEY)")
         return self.pager
+
+    def require_mailer(self) -> EmailNotifier:
+        if self.mailer is None:
+            raise NotConfigured(
+                "email is not configured (INCIDENT_SMTP_URL, INCIDENT_EMAIL_FROM, INCIDENT_EMAIL_TO)"
+            )
+        return self.mailer

@@ -6,8 +6,10 @@ trigger per opening (dedup_key = the incident key), then acknowledge and
 resolve. A flapping incident stops paging until it settles. What PagerDuty
 itself told us (``by: pagerduty``) is never sent back to it. An incident
 opened under a maintenance window is told nothing until the window ends; the
-end of its maintenance is then told as its opening. With neither
-Slack nor PagerDuty configured, everything goes to the console notifier.
+end of its maintenance is then told as its opening. Email, for a severity
+whose policy says so, is one message at the opening, each escalation and the
+resolution. With none of Slack, PagerDuty and email configured, everything
+goes to the console notifier.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from incident.config import Settings
 from incident.incidents.lifecycle import PAGERDUTY, announced_opening
 from incident.incidents.models import TimelineKind
+from incident.integrations.email import DIGEST_KEY_PREFIX
 from incident.notifications.models import Action, Channel
 from incident.rules import Severity
 from incident.rules.escalation import EscalationPolicy
@@ -46,6 +49,8 @@ class Channels:
     slack: bool
     slack_default_channel: str | None
     pagerduty: bool
+    email: bool = False
+    email_to: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Channels:
@@ -53,11 +58,19 @@ class Channels:
             slack=settings.slack_bot_token is not None and bool(settings.slack_channel),
             slack_default_channel=settings.slack_channel,
             pagerduty=settings.pagerduty_routing_key is not None,
+            email=settings.email_configured,
+            email_to=tuple(settings.email_recipients),
         )
 
     @property
     def console_only(self) -> bool:
-        return not self.slack and not self.pagerduty
+        return not self.slack and not self.pagerduty and not self.email
+
+
+def email_recipients(labels: dict[str, str], channels: Channels) -> str:
+    """Who gets an incident's mail, comma-separated: the default recipients
+    (INCIDENT_EMAIL_TO), whatever the labels."""
+    return ",".join(channels.email_to)
 
 
 @dataclass(frozen=True)
@@ -84,8 +97,10 @@ def plan(
     policy: EscalationPolicy,
     channels: Channels,
     rule_channel: str | None = None,
+    email_to: str | None = None,
 ) -> list[Planned]:
-    """``rule_channel``: the Slack channel the matching severity rule names, if any."""
+    """``rule_channel``: the Slack channel the matching severity rule names, if any;
+    ``email_to``: the incident's mail recipients."""
     if kind is TimelineKind.REMEDIATION and not detail.get("announce"):
         # Retries in progress, and outcomes of `on_failure: ignore`: recorded only.
         return []
@@ -97,7 +112,10 @@ def plan(
     urgent = incident.severity.rank <= 2
     if channels.console_only:
         action = Action.TRIGGER if opening is TimelineKind.OPENED else _console_action(kind)
-        return [Planned(Channel.CONSOLE, action, text=text, priority=urgent)]
+        # The console also shows the mail a severity with `email: true` would send.
+        mail = policy.email and _email_action(kind, opening is not None) is not None
+        target = DIGEST_KEY_PREFIX + (email_to or "") if mail else None
+        return [Planned(Channel.CONSOLE, action, target, text=text, priority=urgent)]
 
     planned: list[Planned] = []
     if channels.slack and policy.slack_enabled:
@@ -114,7 +132,22 @@ def plan(
             )
     if channels.pagerduty and detail.get("by") != PAGERDUTY:
         planned.extend(_pagerduty(kind, opening is not None, incident, policy))
+    if channels.email and policy.email:
+        action = _email_action(kind, opening is not None)
+        if action is not None:
+            planned.append(Planned(Channel.EMAIL, action, email_to, text, urgent))
     return planned
+
+
+def _email_action(kind: TimelineKind, opening: bool) -> Action | None:
+    """Mail is for the moments a reader acts on: opening, escalation, resolution."""
+    if opening:
+        return Action.TRIGGER
+    if kind in (TimelineKind.ESCALATED, TimelineKind.SEVERITY_CHANGED):
+        return Action.ESCALATE
+    if kind is TimelineKind.RESOLVED:
+        return Action.RESOLVE
+    return None
 
 
 def _pagerduty(

@@ -199,6 +199,7 @@ class TestExplain:
             "Escalation for SEV1:",
             "  pagerduty: critical",
             "  slack: default channel",
+            "  email: off",
             "  ack_timeout: 5m, repeat: 3",
         ]
 
@@ -284,6 +285,7 @@ class TestExplain:
                 "pagerduty": None,
                 "slack": True,
                 "slack_channel": None,
+                "email": False,
                 "ack_timeout": None,
                 "repeat": 0,
                 "escalate_after": "1h",
