@@ -54,10 +54,10 @@ def test_a_retried_row_sends_the_same_message_id(mailer, smtps):
 
 def test_reply_classes_decide_retries(mailer, smtps):
     smtps.answers.append("452 4.2.2 Mailbox full")
-    with pytest.raises(TransientDeliveryError, match="452 4.2.2 Mailbox full"):
+    with pytest.raises(TransientDeliveryError, match=r"452 4\.2\.2 Mailbox full"):
         mailer.send(TO, make_incident(), "x", ledger_id=9, stamp="a")
     smtps.answers.append("554 5.7.1 Message rejected")
-    with pytest.raises(PermanentDeliveryError, match="554 5.7.1 Message rejected") as caught:
+    with pytest.raises(PermanentDeliveryError, match=r"554 5\.7\.1 Message rejected") as caught:
         mailer.send(TO, make_incident(), "x", ledger_id=9, stamp="a")
     assert PASSWORD not in str(caught.value)
 
