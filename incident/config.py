@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from urllib.parse import unquote, urlsplit
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +43,13 @@ class Settings(BaseSettings):
     # REST API key and base URL for `incident pagerduty subscribe`.
     pagerduty_api_key: SecretStr | None = None
     pagerduty_api_url: str = "https://api.pagerduty.com"
+    # Email: smtp://user:password@host:587 (STARTTLS when offered) or smtps://… (implicit TLS).
+    smtp_url: SecretStr | None = None
+    email_from: str | None = None
+    # Default recipients, comma-separated.
+    email_to: str | None = None
+    # How long SEV3/SEV4 mail waits to be gathered into one digest in a storm.
+    email_digest_seconds: float = Field(default=180.0, gt=0)
     # Alertmanager base URL(s), comma-separated for an HA cluster, tried in order.
     alertmanager_url: str | None = None
     # The web console's sign-in (OpenID Connect) and its session cookies.
@@ -107,6 +115,16 @@ class Settings(BaseSettings):
                 if url.strip()]
 
     @property
+    def email_configured(self) -> bool:
+        """SMTP and a sender; recipients come from the incident's route, else INCIDENT_EMAIL_TO."""
+        return bool(self.smtp_url and self.smtp_url.get_secret_value() and self.email_from)
+
+    @property
+    def email_recipients(self) -> list[str]:
+        """INCIDENT_EMAIL_TO as a list: the default recipients."""
+        return [a.strip() for a in (self.email_to or "").split(",") if a.strip()]
+
+    @property
     def oidc_configured(self) -> bool:
         return bool(self.oidc_issuer and self.oidc_client_id)
 
@@ -163,8 +181,20 @@ class Settings(BaseSettings):
             self.pagerduty_api_key,
             self.oidc_client_secret,
             self.session_secret,
+            self.smtp_url,
         )
-        return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
+        values = [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
+        # The SMTP password alone, too: smtplib and servers may echo it apart from the URL.
+        password = self.smtp_password
+        return values + ([password] if password else [])
+
+    @property
+    def smtp_password(self) -> str | None:
+        if self.smtp_url is None:
+            return None
+        password = urlsplit(self.smtp_url.get_secret_value()).password
+        return unquote(password) if password else None
+
 
 
 def incident_page_url(public_url: str, incident_id: int) -> str:

@@ -21,7 +21,7 @@ from incident.incidents.repeats import RepeatCache
 from incident.integrations.alertmanager import Alertmanager
 from incident.maintenance.internal import InternalAlerts
 from incident.maintenance.jobs import MaintenanceJobs
-from incident.notifications.digest import FLUSH_TASK, SlackDigests
+from incident.notifications.digest import EMAIL_BURST, EMAIL_RATE, FLUSH_TASK, SlackDigests
 from incident.notifications.ledger import NotificationPlanner
 from incident.notifications.notifiers import Notifiers
 from incident.notifications.planning import Channels
@@ -86,7 +86,9 @@ class Context:
         return Notifiers.from_settings(
             self.settings,
             bucket=TokenBucket(self.redis),
-            digests=SlackDigests(self.redis, self._schedule_digest_flush),
+            digests=SlackDigests(self.redis, self._schedule_digest_flush,
+                                 mail_delay=self.settings.email_digest_seconds),
+            email_bucket=TokenBucket(self.redis, rate=EMAIL_RATE, burst=EMAIL_BURST, reserve=0),
         )
 
     @cached_property

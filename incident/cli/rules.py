@@ -250,6 +250,7 @@ def _escalation_data(severity: Severity, policy: EscalationPolicy) -> dict[str, 
         "pagerduty": policy.pagerduty,
         "slack": policy.slack_enabled,
         "slack_channel": policy.slack_channel,
+        "email": policy.email,
         "ack_timeout": _duration_text(policy.ack_timeout),
         "repeat": policy.repeat,
         "escalate_after": _duration_text(policy.escalate_after),
@@ -340,7 +341,8 @@ def _escalation_lines(escalation: dict[str, Any]) -> list[str]:
     slack = "off"
     if escalation["slack"]:
         slack = escalation["slack_channel"] or "default channel"
-    lines = [f"pagerduty: {escalation['pagerduty'] or 'off'}", f"slack: {slack}"]
+    lines = [f"pagerduty: {escalation['pagerduty'] or 'off'}", f"slack: {slack}",
+             f"email: {'on' if escalation['email'] else 'off'}"]
     if escalation["ack_timeout"]:
         lines.append(f"ack_timeout: {escalation['ack_timeout']}, repeat: {escalation['repeat']}")
     if escalation["escalate_to"]:

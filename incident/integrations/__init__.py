@@ -7,6 +7,8 @@ implementations here, from settings:
   ``INCIDENT_SLACK_BOT_TOKEN`` or ``INCIDENT_SLACK_CHANNEL`` is unset;
 - ``build_pager(settings)``: a ``PagerDutyNotifier``, or None without
   ``INCIDENT_PAGERDUTY_ROUTING_KEY``;
+- ``build_mailer(settings)``: an ``EmailNotifier``, or None without
+  ``INCIDENT_SMTP_URL``, ``INCIDENT_EMAIL_FROM`` and ``INCIDENT_EMAIL_TO``;
 - ``console()``: the ``ConsoleNotifier``, both Protocols at once.
 
 When neither Slack nor PagerDuty is configured, callers fall back to
@@ -15,7 +17,7 @@ that is configured is never shadowed by the console.
 
 To trust a private CA (tests, TLS-inspecting proxies) without code, set
 ``SSL_CERT_FILE`` to a PEM bundle: httpx2 (PagerDuty) and urllib (Slack) both
-read it. It replaces the system store rather than adding to it.
+read it, and so does the SMTP client (``ssl.create_default_context``). It replaces the system store rather than adding to it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "RateLimited",
     "SlackPoster",
     "TransientDeliveryError",
+    "build_mailer",
     "build_pager",
     "build_pager_for_key",
     "build_slack",
@@ -76,6 +79,14 @@ def build_pager_for_key(settings: Settings, routing_key: str) -> Pager:
     from incident.integrations.pagerduty import PagerDutyNotifier
 
     return PagerDutyNotifier(routing_key, events_url=settings.pagerduty_events_url)
+
+
+def build_mailer(settings: Settings):
+    if not settings.email_configured or settings.smtp_url is None:
+        return None
+    from incident.integrations.email import EmailNotifier
+
+    return EmailNotifier(settings.smtp_url.get_secret_value(), settings.email_from or "")
 
 
 def console() -> ConsoleNotifier:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import structlog
 
 from incident.integrations.base import IncidentView
+from incident.integrations.email import subject
 
 log = structlog.get_logger("incident.integrations.console")
 
@@ -62,6 +63,18 @@ class ConsoleNotifier:
         # Nothing is kept, so nothing is found: a recovered send logs again,
         # which is harmless for log lines.
         return None
+
+    def send_mail(self, to: str, incident: IncidentView, text: str, *, ledger_id: int) -> str:
+        """What the email channel would send (INCIDENT_SMTP_URL unset)."""
+        log.info(
+            "would send email",
+            to=to,
+            subject=subject(incident),
+            text=text,
+            ledger_id=ledger_id,
+            **_incident_fields(incident),
+        )
+        return f"console-{ledger_id}"
 
     def trigger(self, incident: IncidentView, *, severity: str) -> str:
         log.info(

@@ -6,8 +6,9 @@ after sending but before recording leaves the row ``sending`` under its task
 id. When the message is redelivered to the same task id, or the claim goes
 stale, the next attempt looks for the message it may already have posted
 (Slack: by the ledger id carried in the message metadata; PagerDuty: the
-dedup key makes a repeated event harmless) instead of posting again. A row
-that joins a Slack digest leaves this path: digest.py owns it from then on.
+dedup key makes a repeated event harmless) instead of posting again; email
+sends again with the same Message-ID, which mail clients show once. A row
+that joins a digest leaves this path: digest.py owns it from then on.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from incident.db import session_scope
 from incident.incidents.models import Incident, TimelineEntry, TimelineKind
 from incident.metrics import count
 from incident.integrations.base import DeliveryError, IncidentView
-from incident.notifications.digest import EXTERNAL_PREFIX
+from incident.integrations.email import message_id
+from incident.notifications.digest import EXTERNAL_PREFIX, MAIL_PREFIX
 from incident.notifications.models import Action, Channel, DeliveryStatus, Notification
 from incident.notifications.notifiers import Notifiers
 from incident.notifications.planning import EDITS_PARENT
@@ -74,6 +76,8 @@ class Claim:
     view: IncidentView
     # The row's creation time: with its id, what identifies its Slack message.
     stamp: str = ""
+    # The incident's first mail (ledger id, stamp): later mail replies to it.
+    email_root: tuple[int, str] | None = None
 
 
 def deliver(
@@ -138,6 +142,7 @@ def _claim(
             row.last_error = "the Slack parent message could not be posted"
             return None
         parent_ts = parent.external_id
+    email_root = _email_root(session, row.incident_id) if row.channel == Channel.EMAIL else None
     incident = session.scalars(
         select(Incident).where(Incident.id == row.incident_id).options(selectinload(Incident.alerts))
     ).one()
@@ -149,10 +154,20 @@ def _claim(
     row.attempts += 1
     return Claim(
         id=row.id, channel=Channel(row.channel), action=Action(row.action), target=row.target,
-        destination=row.destination, text=row.text, priority=row.priority, recovering=recovering, claimed_at=claimed_at,
+        destination=row.destination, text=row.text, priority=row.priority,
+        recovering=recovering, claimed_at=claimed_at,
         kind=kind, parent_ts=parent_ts, view=incident_view(incident, public_url),
-        stamp=row.created_at.isoformat(),
+        stamp=row.created_at.isoformat(), email_root=email_root,
     )
+
+
+def _email_root(session: Session, incident_id: int) -> tuple[int, str] | None:
+    first = session.execute(
+        select(Notification.id, Notification.created_at).where(
+            Notification.incident_id == incident_id, Notification.channel == Channel.EMAIL,
+        ).order_by(Notification.id).limit(1)
+    ).one_or_none()
+    return (first.id, first.created_at.isoformat()) if first else None
 
 
 def _slack_parent(session: Session, incident_id: int, destination: str) -> Notification | None:
@@ -170,7 +185,14 @@ def _slack_parent(session: Session, incident_id: int, destination: str) -> Notif
 def _send(claim: Claim, notifiers: Notifiers) -> str:
     if claim.channel is Channel.PAGERDUTY:
         return _send_pagerduty(claim, notifiers)
+    if claim.channel is Channel.EMAIL:
+        return _send_email(claim, notifiers)
     if claim.channel is Channel.CONSOLE:
+        if claim.target and claim.target.startswith(MAIL_PREFIX):
+            notifiers.console.send_mail(
+                claim.target.removeprefix(MAIL_PREFIX), claim.view, claim.text or "",
+                ledger_id=claim.id,
+            )
         if claim.action is Action.TRIGGER:
             return notifiers.console.post_parent("console", claim.view, ledger_id=claim.id)
         return notifiers.console.reply(
@@ -192,6 +214,20 @@ def _send_pagerduty(claim: Claim, notifiers: Notifiers) -> str:
     elif claim.action is Action.RESOLVE:
         pager.resolve(key)
     return key
+
+
+def _send_email(claim: Claim, notifiers: Notifiers) -> str:
+    mailer = notifiers.require_mailer()
+    recipients = claim.target or ""
+    # SEV1/SEV2 mail never waits; in a storm the rest joins one digest per recipient list.
+    bucket = notifiers.email_bucket
+    if not claim.priority and bucket is not None and bucket.take(MAIL_PREFIX + recipients) > 0:
+        raise _Coalesced(MAIL_PREFIX + recipients)
+    root = message_id(*claim.email_root, mailer.domain) if claim.email_root else None
+    return mailer.send(
+        [a for a in recipients.split(",") if a], claim.view, claim.text or "",
+        ledger_id=claim.id, stamp=claim.stamp, thread_root=root,
+    )
 
 
 def _send_slack(claim: Claim, notifiers: Notifiers) -> str:

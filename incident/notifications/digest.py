@@ -6,6 +6,11 @@ digest message per channel, posted when a token frees up, carries up to
 ``MAX_LINES`` of them. SEV1/SEV2 openings never wait here; they retry for the
 next token instead.
 
+Email reuses the same digests, keyed ``mail:`` + the recipients: a storm's
+SEV3/SEV4 mail beyond ``EMAIL_BURST`` messages (refilled at ``EMAIL_RATE``
+a second) waits ``INCIDENT_EMAIL_DIGEST_SECONDS`` (3 minutes by default) and
+goes out as one message per recipient list. SEV1/SEV2 mail never waits.
+
 The ledger is the digest's only record: a flush claims its rows in
 PostgreSQL before posting, and the message names every row it covers. A flush
 killed after Slack stored its message is redelivered (or its claim goes
@@ -26,6 +31,7 @@ from sqlalchemy.orm import Session, selectinload
 from incident import keys
 from incident.db import session_scope
 from incident.integrations.base import DeliveryError, SlackPoster
+from incident.integrations.email import DIGEST_KEY_PREFIX
 from incident.metrics import count
 from incident.notifications.models import DeliveryStatus, Notification
 
@@ -35,6 +41,9 @@ MAX_LINES = 40
 STALE_CLAIM = timedelta(minutes=2)
 EXTERNAL_PREFIX = "digest:"
 FLUSH_TASK = "incident.notifications.flush_slack_digest"
+MAIL_PREFIX = DIGEST_KEY_PREFIX
+EMAIL_BURST = 4
+EMAIL_RATE = 1 / 60
 
 
 class RetryFlush(Exception):
@@ -54,9 +63,13 @@ class _Line:
 
 
 class SlackDigests:
-    def __init__(self, client: redis.Redis, schedule_flush: Callable[[str, float], None]) -> None:
+    def __init__(
+        self, client: redis.Redis, schedule_flush: Callable[[str, float], None],
+        *, mail_delay: float = DIGEST_DELAY_SECONDS,
+    ) -> None:
         self._redis = client
         self._schedule_flush = schedule_flush
+        self._mail_delay = mail_delay
 
     def add(self, channel: str, notification_id: int, *, task_id: str) -> bool:
         """Hand a row this task has claimed to the channel's next digest."""
@@ -73,8 +86,10 @@ class SlackDigests:
 
     def schedule(self, channel: str) -> None:
         # One pending flush per channel, however many rows join the digest.
-        if self._redis.set(keys.SLACK_DIGEST_SCHEDULED + channel, 1, nx=True, ex=120):
-            self._schedule_flush(channel, DIGEST_DELAY_SECONDS)
+        delay = self._mail_delay if is_mail(channel) else DIGEST_DELAY_SECONDS
+        if self._redis.set(keys.SLACK_DIGEST_SCHEDULED + channel, 1, nx=True,
+                           ex=int(max(120, delay + 60))):
+            self._schedule_flush(channel, delay)
 
     def done(self, channel: str) -> None:
         self._redis.delete(keys.SLACK_DIGEST_SCHEDULED + channel)
@@ -116,6 +131,11 @@ class SlackDigests:
             return len(told)
         _mark_sent(told)
         return len(told)
+
+
+def is_mail(channel: str) -> bool:
+    """Whether a digest key names mail recipients rather than a Slack channel."""
+    return channel.startswith(MAIL_PREFIX)
 
 
 def waiting(channel: str) -> bool:

@@ -35,6 +35,7 @@ from incident.incidents.models import Incident
 class Channel(StrEnum):
     SLACK = "slack"
     PAGERDUTY = "pagerduty"
+    EMAIL = "email"
     CONSOLE = "console"
 
 
@@ -49,7 +50,7 @@ class Action(StrEnum):
 class DeliveryStatus(StrEnum):
     PENDING = "pending"
     SENDING = "sending"
-    # Coalesced into the channel's next Slack digest: the digest flush owns it
+    # Coalesced into the next digest of its Slack channel or mail recipients: the digest flush owns it
     # now, and the sweeper leaves it alone.
     DIGESTED = "digested"
     SENT = "sent"

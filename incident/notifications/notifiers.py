@@ -7,8 +7,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from incident.config import Settings
-from incident.integrations import build_pager, build_pager_for_key, build_slack, console
+from incident.integrations import (
+    build_mailer, build_pager, build_pager_for_key, build_slack, console,
+)
 from incident.integrations.base import Pager, PermanentDeliveryError, SlackPoster
+from incident.integrations.email import EmailNotifier
 from incident.notifications.digest import SlackDigests
 from incident.notifications.ratelimit import TokenBucket
 
@@ -26,14 +29,22 @@ class Notifiers:
     public_url: str
     slack_bucket: TokenBucket
     digests: SlackDigests
+    mailer: EmailNotifier | None = None
+    # Per recipient list: SEV3/SEV4 mail beyond it waits for the next digest.
+    email_bucket: TokenBucket | None = None
     # A routed service's notifier, from its routing key.
     pager_for_key: Callable[[str], Pager] | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     _routed: dict[str, Pager] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, bucket: TokenBucket, digests: SlackDigests) -> Notifiers:
+    def from_settings(
+        cls, settings: Settings, *, bucket: TokenBucket, digests: SlackDigests,
+        email_bucket: TokenBucket | None = None,
+    ) -> Notifiers:
         return cls(
+            mailer=build_mailer(settings),
+            email_bucket=email_bucket,
             slack=build_slack(settings),
             pager=build_pager(settings),
             console=console(),
@@ -66,3 +77,10 @@ class Notifiers:
                 )
             self._routed[routing_key_env] = self.pager_for_key(key)
         return self._routed[routing_key_env]
+
+    def require_mailer(self) -> EmailNotifier:
+        if self.mailer is None:
+            raise NotConfigured(
+                "email is not configured (INCIDENT_SMTP_URL, INCIDENT_EMAIL_FROM)"
+            )
+        return self.mailer

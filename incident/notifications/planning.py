@@ -8,8 +8,11 @@ itself told us (``by: pagerduty``) is never sent back to it. An incident
 opened under a maintenance window is told nothing until the window ends; the
 end of its maintenance is then told as its opening. The incident's route says
 where: each of its Slack channels and PagerDuty services is a destination of
-its own, told each event once; with no route, the defaults ('' destination). With neither
-Slack nor PagerDuty configured, everything goes to the console notifier.
+its own, told each event once; with no route, the defaults ('' destination).
+Email, for a severity whose policy says so, is one message to the route's
+recipients (else INCIDENT_EMAIL_TO) at the opening, each escalation and the
+resolution. With none of Slack, PagerDuty and email configured, everything
+goes to the console notifier.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from incident.config import Settings
 from incident.incidents.lifecycle import PAGERDUTY, announced_opening
 from incident.incidents.models import TimelineKind
+from incident.integrations.email import DIGEST_KEY_PREFIX
 from incident.notifications.models import Action, Channel
 from incident.rules import Destinations, Severity
 from incident.rules.escalation import EscalationPolicy
@@ -53,6 +57,8 @@ class Channels:
     pagerduty: bool
     # A default routing key is set: an incident routed to no service pages it.
     pagerduty_default: bool = True
+    email: bool = False
+    email_to: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, routed_pagerduty: bool = False) -> Channels:
@@ -62,11 +68,13 @@ class Channels:
             slack_default_channel=settings.slack_channel,
             pagerduty=default_key or routed_pagerduty,
             pagerduty_default=default_key,
+            email=settings.email_configured,
+            email_to=tuple(settings.email_recipients),
         )
 
     @property
     def console_only(self) -> bool:
-        return not self.slack and not self.pagerduty
+        return not self.slack and not self.pagerduty and not self.email
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,11 @@ def plan(
     urgent = incident.severity.rank <= 2
     if channels.console_only:
         action = Action.TRIGGER if opening is TimelineKind.OPENED else _console_action(kind)
-        return [Planned(Channel.CONSOLE, action, text=text, priority=urgent)]
+        # The console also shows the mail a severity with `email: true` would send.
+        mail = policy.email and _email_action(kind, opening is not None) is not None
+        recipients = ",".join(route.email_to(channels.email_to))
+        target = DIGEST_KEY_PREFIX + recipients if mail else None
+        return [Planned(Channel.CONSOLE, action, target, text=text, priority=urgent)]
 
     planned: list[Planned] = []
     if channels.slack and policy.slack_enabled:
@@ -133,7 +145,23 @@ def plan(
                 replace(each, destination=service)
                 for each in _pagerduty(kind, opening is not None, incident, policy, service)
             )
+    if channels.email and policy.email:
+        action = _email_action(kind, opening is not None)
+        recipients = route.email_to(channels.email_to)
+        if action is not None and recipients:
+            planned.append(Planned(Channel.EMAIL, action, ",".join(recipients), text, urgent))
     return planned
+
+
+def _email_action(kind: TimelineKind, opening: bool) -> Action | None:
+    """Mail is for the moments a reader acts on: opening, escalation, resolution."""
+    if opening:
+        return Action.TRIGGER
+    if kind in (TimelineKind.ESCALATED, TimelineKind.SEVERITY_CHANGED):
+        return Action.ESCALATE
+    if kind is TimelineKind.RESOLVED:
+        return Action.RESOLVE
+    return None
 
 
 def _pagerduty(

@@ -19,6 +19,8 @@ class EscalationPolicy(StrictModel):
     # `true` posts to the default channel; a string posts to that channel.
     slack: StrictBool | NonEmptyStr = False
     channel: NonEmptyStr | None = None
+    # Mail to the recipients (INCIDENT_EMAIL_TO) when it opens, escalates and resolves.
+    email: StrictBool = False
     ack_timeout: Duration | None = None
     repeat: Annotated[int, Field(strict=True, ge=0)] = 0
     escalate_after: Duration | None = None

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from incident.maintenance.locks import run_once
 from incident.notifications import delivery, sweeper
-from incident.notifications.digest import FLUSH_TASK, RetryFlush
+from incident.notifications.digest import FLUSH_TASK, RetryFlush, is_mail
 from incident.notifications.ledger import DELIVER_TASK
 from incident.notifications.notifiers import NotConfigured
 from incident.notifications.pagerduty_events import APPLY_TASK, apply_event
@@ -88,12 +88,17 @@ def deliver_notification(self, *, notification_id: int, failures: int = 0) -> st
 
 @app.task(name=FLUSH_TASK, bind=True, max_retries=60, soft_time_limit=60, time_limit=90)
 def flush_slack_digest(self, *, channel: str) -> int:
+    """``channel``: a Slack channel, or ``mail:`` + the recipients of an email digest."""
     notifiers = context().notifiers
-    wait = notifiers.slack_bucket.take(channel)
-    if wait > 0:
-        raise self.retry(countdown=within_visibility(self, wait))
+    if is_mail(channel):
+        poster = notifiers.require_mailer()
+    else:
+        wait = notifiers.slack_bucket.take(channel)
+        if wait > 0:
+            raise self.retry(countdown=within_visibility(self, wait))
+        poster = notifiers.require_slack()
     try:
-        told = notifiers.digests.flush(channel, notifiers.require_slack(), task_id=self.request.id)
+        told = notifiers.digests.flush(channel, poster, task_id=self.request.id)
     except RetryFlush as exc:
         countdown = exc.countdown or backoff(self.request.retries)
         raise self.retry(countdown=within_visibility(self, countdown)) from exc
