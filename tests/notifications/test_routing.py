@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ApiProcess, ChildProcess, WorkerProcess, notifiers_env, wait_for
+from tests.conftest import (
+    ApiProcess, ChildProcess, WorkerProcess, notifiers_env, running_api, wait_for,
+)
 from tests.factories import alert, payload
 from tests.fakes.pagerduty import DEFAULT_ROUTING_KEY, FakePagerDuty
 from tests.fakes.slack import FakeSlack
@@ -87,12 +89,7 @@ def env(incident_environment, fake_slack, fake_pagerduty, rules_file) -> dict[st
 
 @pytest.fixture(scope="module")
 def api(env, tmp_path_factory) -> Iterator[ApiProcess]:
-    process = ApiProcess(env, tmp_path_factory.mktemp("api") / "api.log")
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
+    yield from running_api(env, tmp_path_factory)
 
 
 @pytest.fixture
