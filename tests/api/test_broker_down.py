@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 import redis
 
-from incident.embedded import EmbeddedRedis
 from tests.conftest import WEBHOOK_TOKEN, ApiProcess
 from tests.factories import alert, payload
 
 HEADERS = {"Authorization": f"Bearer {WEBHOOK_TOKEN}", "Content-Type": "application/json"}
-
-
-@pytest.fixture
-def own_broker():
-    path = Path(tempfile.mkdtemp(prefix="incident-test-broker-"))
-    broker = EmbeddedRedis(path)
-    broker.start()
-    yield broker
-    broker.stop()
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.timeout(120)

@@ -4,10 +4,7 @@ and 2xx only once the event is on the broker."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import orjson
@@ -18,7 +15,6 @@ from fastapi.testclient import TestClient
 from incident.api.app import create_app
 from incident.api.pagerduty import MAX_BODY_BYTES
 from incident.config import Settings, get_settings
-from incident.embedded import EmbeddedRedis
 from incident.queues import PAGE
 from tests.conftest import ApiProcess
 from tests.fakes.pagerduty import WEBHOOK_SECRET, incident_data, signed_headers, webhook
@@ -138,16 +134,6 @@ def test_a_body_over_the_cap_is_413(pd_client, redis_client):
     response = send(pd_client, body, signed_headers(body))
     assert response.status_code == 413
     assert queued(redis_client) == []
-
-
-@pytest.fixture
-def own_broker() -> Iterator[EmbeddedRedis]:
-    path = Path(tempfile.mkdtemp(prefix="incident-test-broker-"))
-    broker = EmbeddedRedis(path)
-    broker.start()
-    yield broker
-    broker.stop()
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.timeout(120)
