@@ -7,7 +7,9 @@ decodes what they send with ``opentelemetry-proto``.
 
 from __future__ import annotations
 
+import json
 import random
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -26,9 +28,19 @@ from tests.factories import alert, payload
 from tests.fakes.otlp import FakeCollector, Span
 from tests.fakes.pagerduty import FakePagerDuty
 from tests.fakes.slack import FakeSlack
+from tests.fakes.smtp import FakeSMTP
 from tests.notifications.support import post, settled
 
 CHANNEL = "incidents"
+RULES = f"""
+escalation:
+  SEV1: {{pagerduty: critical, slack: true, email: true}}
+remediations:
+  - name: note-outage
+    matchers: ['alertname="TracedOutage"']
+    action: command
+    with: {{argv: {json.dumps([sys.executable, "-c", "pass"])}, timeout: 20s}}
+"""
 INGEST_SPAN = "run/incident.incidents.ingest_webhook"
 DELIVER_SPAN = f"run/{DELIVER_TASK}"
 
@@ -54,10 +66,31 @@ def fake_pagerduty() -> Iterator[FakePagerDuty]:
 
 
 @pytest.fixture(scope="module")
-def traced_env(incident_environment, collector, fake_slack, fake_pagerduty) -> dict[str, str]:
+def fake_smtp() -> Iterator[FakeSMTP]:
+    with FakeSMTP() as smtp:
+        yield smtp
+
+
+@pytest.fixture(scope="module")
+def traced_env(
+    incident_environment, collector, fake_slack, fake_pagerduty, fake_smtp, tmp_path_factory
+) -> dict[str, str]:
+    directory = tmp_path_factory.mktemp("traced")
+    rules = directory / "rules.yml"
+    rules.write_text(RULES)
+    # The worker trusts both fakes' throwaway CAs.
+    cas = directory / "ca.pem"
+    cas.write_bytes(
+        fake_pagerduty.ca.cert_pem.bytes() + fake_smtp.ca.cert_pem.bytes()
+    )
     return {
         **incident_environment,
         **notifiers_env(fake_slack, fake_pagerduty, CHANNEL),
+        "INCIDENT_RULES_FILE": str(rules),
+        "INCIDENT_SMTP_URL": fake_smtp.url,
+        "INCIDENT_EMAIL_FROM": "incident@example.com",
+        "INCIDENT_EMAIL_TO": "oncall@example.com",
+        "SSL_CERT_FILE": str(cas),
         "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
         # Spans leave within a tenth of a second, so the test need not wait long.
         "OTEL_BSP_SCHEDULE_DELAY": "100",
@@ -100,13 +133,13 @@ def descends_from(span: Span, ancestor: Span, by_id: dict[str, Span]) -> bool:
     return ancestor in ancestors(span, by_id)
 
 
-def test_a_paging_webhook_is_one_trace_from_the_receiver_to_pagerduty_and_slack(
+def test_a_paging_webhook_is_one_trace_from_the_receiver_to_every_outside_call(
     traced_worker, traced_api, collector, fake_pagerduty
 ):
     post(traced_api, payload(alert(alertname="TracedOutage", severity="critical", env="prod")))
     shown = settled(traced_api)
     assert {(n["channel"], n["status"]) for n in shown["notifications"]} == {
-        ("pagerduty", "sent"), ("slack", "sent"),
+        ("pagerduty", "sent"), ("slack", "sent"), ("email", "sent"),
     }
 
     def receiver_span() -> Span | None:
@@ -121,10 +154,12 @@ def test_a_paging_webhook_is_one_trace_from_the_receiver_to_pagerduty_and_slack(
         pagerduty = [s for s in spans if s.kind == "client"
                      and f":{pd_port}/" in url(s)]
         slack = [s for s in spans if s.name == "slack chat.postMessage"]
-        return spans if pagerduty and slack else None
+        email = [s for s in spans if s.name == "smtp send"]
+        remediation = [s for s in spans if s.name == "remediation note-outage"]
+        return spans if pagerduty and slack and email and remediation else None
 
     try:
-        spans = wait_for(whole_trace, timeout=15, what="PagerDuty and Slack spans in the trace")
+        spans = wait_for(whole_trace, timeout=20, what="every outside call's span in the trace")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; exported: {summary(collector.spans())}") from None
     by_id = {s.span_id: s for s in spans}
@@ -136,18 +171,28 @@ def test_a_paging_webhook_is_one_trace_from_the_receiver_to_pagerduty_and_slack(
     assert len(ingest) == 1 and ingest[0].kind == "consumer" and ingest[0].process == "worker"
     assert descends_from(ingest[0], root, by_id)
 
-    # Every deliver task of this webhook continues its trace, through the outbox.
+    # Every deliver task of this webhook (one per channel, and any that waited for
+    # a token or a parent message) continues its trace, through the outbox.
     deliveries = [s for s in spans if s.name == DELIVER_SPAN]
-    assert len(deliveries) == 2
+    assert len(deliveries) >= 3
     assert all(descends_from(s, ingest[0], by_id) for s in deliveries)
 
     pagerduty = [s for s in spans if s.kind == "client"
                  and f":{pd_port}/" in url(s)]
     assert len(pagerduty) == 1
-    assert pagerduty[0].attributes.get("http.request.method", pagerduty[0].attributes.get("http.method")) == "POST"
+    attributes = pagerduty[0].attributes
+    assert attributes.get("http.request.method", attributes.get("http.method")) == "POST"
+    # The parent message, and a thread reply for the remediation's run.
     slack = [s for s in spans if s.name == "slack chat.postMessage"]
-    assert len(slack) == 1 and slack[0].kind == "client"
-    for call in (*pagerduty, *slack):
+    assert slack and all(s.kind == "client" for s in slack)
+    email = [s for s in spans if s.name == "smtp send"]
+    assert len(email) == 1 and email[0].kind == "client"
+    remediation = [s for s in spans if s.name == "remediation note-outage"]
+    assert len(remediation) == 1 and remediation[0].kind == "client"
+    assert remediation[0].attributes["incident.remediation.action"] == "command"
+    run = by_id[remediation[0].parent_span_id]
+    assert run.name == "run/incident.remediation.run"
+    for call in (*pagerduty, *slack, *email, *remediation):
         assert descends_from(call, ingest[0], by_id), call
 
     sql = [s for s in spans if s.kind == "client"
