@@ -53,7 +53,8 @@ def enabled_by_environment(environ: Mapping[str, str] | None = None) -> bool:
 
 def is_configured() -> bool:
     """Whether this process sends traces (``configure`` ran here and found them asked for)."""
-    return _configured_pid == os.getpid()
+    # Checked on hot paths: without tracing it is one comparison, no system call.
+    return _configured_pid is not None and _configured_pid == os.getpid()
 
 
 def configure(*, process: str) -> bool:
@@ -199,6 +200,8 @@ def quiet() -> contextlib.AbstractContextManager[Any]:
 
 def current_ids() -> tuple[str, str] | None:
     """The current span's trace and span ids, in hex, if one is recording here."""
+    if not is_configured():
+        return None
     span_context = trace.get_current_span().get_span_context()
     if not span_context.is_valid:
         return None
