@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, MetaData, create_engine
+import sqlalchemy
+from sqlalchemy import Engine, MetaData
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from incident.config import get_settings
@@ -31,7 +32,9 @@ _SESSION_OPTIONS = "-c lock_timeout=10s -c statement_timeout=60s"
 
 @lru_cache(maxsize=4)
 def engine_for(url: str) -> Engine:
-    return create_engine(
+    # Looked up when called, so tracing's SQLAlchemy instrumentation (installed
+    # at start-up, after this module was imported) sees the engine.
+    return sqlalchemy.create_engine(
         url,
         # A failed statement's error would otherwise quote its parameters (label
         # values, payload text) into logs, Flower and dead letters.

@@ -27,6 +27,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from incident.config import ConfigurationError, Settings, get_settings
+from incident.tracing import current_ids
 
 REDACTED = "***"
 
@@ -158,9 +159,19 @@ def _add_pid(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> 
     return event_dict
 
 
+def add_trace_ids(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """``trace_id`` and ``span_id`` of the current span, when one is being traced."""
+    ids = current_ids()
+    if ids is not None:
+        event_dict.setdefault("trace_id", ids[0])
+        event_dict.setdefault("span_id", ids[1])
+    return event_dict
+
+
 def _context_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
     ]

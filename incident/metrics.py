@@ -26,7 +26,7 @@ from typing import Any
 import redis
 import structlog
 
-from incident import keys
+from incident import keys, tracing
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +113,8 @@ class FleetCounters:
             pipe = self.client.pipeline(transaction=False)
             for field, amount in batch.items():
                 pipe.hincrby(KEY, field, amount)
-            pipe.execute()
+            with tracing.quiet():  # housekeeping, not part of anyone's trace
+                pipe.execute()
         except redis.RedisError as exc:
             with self._lock:
                 self._tally.update(batch)

@@ -18,6 +18,8 @@ from incident.console.session import SignInRequired, install_sessions
 from incident.context import Context
 from incident.incidents.store import BadCursor, IncidentNotFound, TransitionNotAllowed
 from incident.logging import configure_logging
+from incident.tracing import configure as configure_tracing
+from incident.tracing import instrument_app
 from incident.rules import load_rules, require_routing_keys
 from incident.worker.app import publish
 
@@ -28,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.check_console()
     # Again here: uvicorn's --workers processes are spawned and never ran the CLI.
     configure_logging(settings, process="api")
+    configure_tracing(process="api")
     app = FastAPI(
         title="incident",
         version=__version__,
@@ -48,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.console_enabled:
         _install_console(app, settings)
     _install_error_handlers(app)
+    instrument_app(app)
     return app
 
 

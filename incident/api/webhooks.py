@@ -18,6 +18,7 @@ from incident.api.auth import require_webhook_token
 from incident.api.errors import error_response, error_responses, validation_fields
 from incident.incidents.ingest import INGEST_TASK, ingest_queue
 from incident.metrics import count
+from incident.tracing import context_headers
 from incident.rules import Rules
 from incident.worker.app import app as celery_app
 
@@ -95,7 +96,8 @@ def _enqueue(raw: dict, payload: WebhookPayload, queue: str) -> None:
         "status": payload.status,
         "alerts": len(payload.alerts),
     }
-    # By name: the receiver never loads the worker's tasks.
+    # By name: the receiver never loads the worker's tasks. When tracing, the
+    # headers carry the request's trace context to the ingest task.
     celery_app.send_task(
         INGEST_TASK,
         kwargs={"payload": raw},
@@ -103,6 +105,7 @@ def _enqueue(raw: dict, payload: WebhookPayload, queue: str) -> None:
         queue=queue,
         retry=True,
         retry_policy=_PUBLISH_RETRY,
+        headers=context_headers() or None,
     )
 
 

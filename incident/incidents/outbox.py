@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from incident import tracing
 from incident.db import Base
 
 log = structlog.get_logger(__name__)
@@ -42,7 +43,8 @@ class Message:
     kwargs: dict[str, Any]
     queue: str
     countdown: float = 0.0
-    # Per-message Celery options (soft_time_limit, time_limit).
+    # Per-message Celery options (soft_time_limit, time_limit; headers that
+    # carry the trace context the message was written in).
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,10 +73,17 @@ class OutboxMessage(Base):
 
 
 def put(session: Session, message: Message, *, now: datetime | None = None) -> None:
-    """Add ``message`` to the caller's transaction; it is sent once that commits."""
+    """Add ``message`` to the caller's transaction; it is sent once that commits.
+
+    When tracing, the current trace context goes with it (as message headers),
+    so the task it asks for joins the trace of the work that wrote it.
+    """
     now = now or datetime.now(UTC)
+    options = message.options
+    if trace_headers := tracing.context_headers():
+        options = {**options, "headers": {**options.get("headers", {}), **trace_headers}}
     row = OutboxMessage(
-        task=message.task, queue=message.queue, kwargs=message.kwargs, options=message.options,
+        task=message.task, queue=message.queue, kwargs=message.kwargs, options=options,
         not_before=now + timedelta(seconds=message.countdown), created_at=now,
     )
     session.add(row)

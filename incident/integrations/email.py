@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 import structlog
 
+from incident import tracing
 from incident.integrations.base import (
     IncidentView,
     PermanentDeliveryError,
@@ -137,6 +138,13 @@ class EmailNotifier:
 
     def _deliver(self, message: EmailMessage, to: Sequence[str]) -> None:
         server = self._server
+        # No instrumentation covers smtplib: the send is a span of its own.
+        with tracing.client_span(
+            "smtp send", **{"server.address": server.host, "server.port": server.port}
+        ):
+            self._send_over_smtp(server, message, to)
+
+    def _send_over_smtp(self, server: SmtpServer, message: EmailMessage, to: Sequence[str]) -> None:
         sent_data = False
         try:
             context = ssl.create_default_context()

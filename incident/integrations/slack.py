@@ -19,6 +19,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web import SlackResponse
 
+from incident import tracing
+
 from incident.integrations.base import (
     NOTIFICATION_EVENT_TYPE,
     DeliveryError,
@@ -216,7 +218,13 @@ class SlackNotifier:
 
     def _call(self, method: str, send: Callable[[], SlackResponse]) -> SlackResponse:
         try:
-            return send()
+            # slack_sdk's client is urllib, which our OpenTelemetry set has no
+            # instrumentation for: each API call is a client span of its own.
+            with tracing.client_span(
+                f"slack {method}", **{"rpc.system": "slack", "rpc.method": method,
+                                      "url.full": self._client.base_url + method}
+            ):
+                return send()
         except SlackApiError as exc:
             raise slack_delivery_error(method, exc) from exc
         except (OSError, HTTPException) as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from incident import tracing
 from incident.remediation.command_action import describe_command, run_command
 from incident.remediation.context import ActionOutcome, RemediationContext
 from incident.remediation.http_action import describe_http, run_http
@@ -40,6 +41,14 @@ def perform(
     ``timeout`` overrides the rule's own, in seconds.
     """
     seconds = timeout if timeout is not None else attempt_timeout(rule)
+    with tracing.client_span(
+        f"remediation {rule.name}", **{"incident.remediation": rule.name,
+                                       "incident.remediation.action": str(rule.action)}
+    ):
+        return _perform(rule, context, seconds)
+
+
+def _perform(rule: RemediationRule, context: RemediationContext, seconds: float) -> ActionOutcome:
     if isinstance(rule, HttpRemediation):
         return run_http(rule.with_, context, seconds)
     if isinstance(rule, CommandRemediation):

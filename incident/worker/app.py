@@ -11,7 +11,7 @@ from celery.schedules import crontab
 from celery.signals import worker_process_shutdown
 from sqlalchemy import Engine, create_engine
 
-from incident import metrics
+from incident import metrics, tracing
 from incident.config import Settings, get_settings
 from incident.incidents import outbox
 from incident.incidents.outbox import Message
@@ -72,11 +72,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def publish(message: Message) -> None:
-    """Send one outbox message to the broker, with its own queue and options."""
-    app.send_task(
-        message.task, kwargs=message.kwargs, queue=message.queue,
-        countdown=message.countdown or None, **message.options,
-    )
+    """Send one outbox message to the broker, with its own queue and options.
+
+    Published in the trace context it was written in, whoever publishes it
+    (the committing task, or the poll in another process).
+    """
+    with tracing.continued(message.options.get("headers")):
+        app.send_task(
+            message.task, kwargs=message.kwargs, queue=message.queue,
+            countdown=message.countdown or None, **message.options,
+        )
 
 
 class OutboxPoll(bootsteps.StartStopStep):
@@ -174,3 +179,4 @@ app = Celery("incident", include=TASK_MODULES)
 app.add_defaults(lambda: celery_config(get_settings()))
 app.steps["worker"].add(OutboxPoll)
 install_celery_logging(app)
+tracing.install_celery_hooks()
