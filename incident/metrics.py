@@ -147,24 +147,34 @@ class _LocalHistograms:
         }
         # Hash field -> the cumulative value already added to Redis.
         self.flushed: dict[str, float] = {}
+        # Observed since the last look: an idle process's flush reads nothing.
+        self.dirty = False
 
     def observe(self, name: str, seconds: float, labels: Mapping[str, str]) -> None:
         histogram = self.histograms[name]
         (histogram.labels(**labels) if labels else histogram).observe(seconds)
+        self.dirty = True
 
     def gained(self) -> tuple[dict[str, int], dict[str, float]]:
         """What each cumulative bucket count, and each sum, gained since the last flush."""
         buckets: dict[str, int] = {}
         sums: dict[str, float] = {}
+        if not self.dirty:
+            return buckets, sums
+        self.dirty = False
         for family in self.registry.collect():
             for sample in family.samples:
+                # _count is the +Inf bucket, and _created is this process's own.
+                is_bucket = sample.name.endswith("_bucket")
+                if not is_bucket and not sample.name.endswith("_sum"):
+                    continue
                 field = _field(sample.name, sample.labels)
                 gain = sample.value - self.flushed.get(field, 0.0)
                 if not gain:
                     continue
-                if sample.name.endswith("_bucket"):
+                if is_bucket:
                     buckets[field] = round(gain)
-                elif sample.name.endswith("_sum"):
+                else:
                     sums[field] = gain
         return buckets, sums
 
@@ -235,6 +245,7 @@ class FleetMetrics:
             except redis.RedisError as exc:
                 with self._lock:
                     self._tally.update(batch)
+                histograms.dirty = True
                 log.debug("metrics not flushed; kept for the next try", error=str(exc))
                 return
             histograms.written(buckets, sums)

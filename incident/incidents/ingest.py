@@ -13,7 +13,7 @@ from incident.incidents import watchdog
 from incident.incidents.events import NO_SUBSCRIBERS, EventBus, caused_by_webhook
 from incident.incidents.grouping import GroupChange, WebhookIdentity, apply_webhook
 from incident.incidents.repeats import RepeatCache
-from incident.metrics import count, observe_after_commit
+from incident.metrics import count, observe
 from incident.queues import INGEST, PAGE
 from incident.rules import Rules
 
@@ -71,9 +71,9 @@ def ingest_payload(
         return None
     with session_scope() as session, caused_by_webhook(session, received_at):
         change = apply_webhook(session, payload, rules, identity=identity, events=events)
-        if received_at is not None and change.incident_id is not None and not change.duplicate:
-            observe_after_commit(session, "incident_webhook_to_incident_seconds",
-                                 time.time() - received_at)
+    if received_at is not None and change.incident_id is not None and not change.duplicate:
+        # Committed: a redelivery of this message finds its change made, and is not timed.
+        observe("incident_webhook_to_incident_seconds", time.time() - received_at)
     if change.opened_severity is not None:
         count("incident_incidents_opened", severity=change.opened_severity)
     repeats.remember(change.group_hash, change.revision, change.digest)
