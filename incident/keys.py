@@ -8,6 +8,8 @@ from __future__ import annotations
 
 # Fleet-wide counters (metrics.py): one hash every process adds to.
 METRICS = "incident:metrics"
+# Latency histograms (metrics.py): cumulative bucket counts and sums, added to the same way.
+METRICS_HISTOGRAMS = "incident:metrics:histograms"
 
 # The repeat cache (incidents/repeats.py): group hash -> "revision:digest" of
 # the last webhook applied to that group, so an unchanged re-send skips PostgreSQL.

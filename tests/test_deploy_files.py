@@ -475,7 +475,8 @@ def test_the_watchdog_is_resent_well_within_incidents_max_silence() -> None:
 
 def test_example_prometheus_rules_fire_the_watchdog_forever() -> None:
     document = yaml.safe_load((EXAMPLES / "prometheus-rules.yml").read_text(encoding="utf-8"))
-    alerts = {rule["alert"]: rule for group in document["groups"] for rule in group["rules"]}
+    alerts = {rule["alert"]: rule for group in document["groups"] for rule in group["rules"]
+              if "alert" in rule}
     assert alerts["Watchdog"]["expr"] == "vector(1)"
 
 
@@ -483,9 +484,11 @@ def test_example_prometheus_rules_fire_the_watchdog_forever() -> None:
     "argv",
     [
         ("check", "rules", "examples/prometheus-rules.yml"),
+        # The SLO burn-rate alerts fire, and stay silent, on synthetic series.
+        ("test", "rules", "examples/prometheus-rules.test.yml"),
         ("check", "config", "deploy/prometheus.yml"),
     ],
-    ids=["rules", "config"],
+    ids=["rules", "rule-tests", "config"],
 )
 def test_demo_prometheus_files_pass_promtool(argv: tuple[str, ...]) -> None:
     promtool = tool("promtool")
@@ -493,3 +496,48 @@ def test_demo_prometheus_files_pass_promtool(argv: tuple[str, ...]) -> None:
         pytest.skip("promtool is not installed (Debian package prometheus)")
     result = run(promtool, *argv)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _dashboard_expressions() -> list[tuple[str, str]]:
+    dashboard = json.loads((EXAMPLES / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+
+
+def test_every_grafana_panel_expression_parses(tmp_path: Path) -> None:
+    promtool = tool("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    expressions = _dashboard_expressions()
+    assert len(expressions) > 20
+    # promtool parses expressions only inside rules: one recording rule per panel target.
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:expr{n}", "expr": expr} for n, (_, expr) in enumerate(expressions)
+    ]}]}
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    result = run(promtool, "check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_dashboard_uses_only_recording_rules_the_example_rules_define() -> None:
+    document = yaml.safe_load((EXAMPLES / "prometheus-rules.yml").read_text(encoding="utf-8"))
+    recorded = {rule["record"] for group in document["groups"] for rule in group["rules"]
+                if "record" in rule}
+    used = {name for _, expr in _dashboard_expressions()
+            for name in re.findall(r"\bincident:[a-z0-9_:]+", expr)}
+    assert used and used <= recorded, used - recorded
+    # Both SLOs have their SLI, budget and burn-rate panels, and every histogram a quantile.
+    titles = " / ".join(title for title, _ in _dashboard_expressions())
+    for slo in ("SEV1 pages within 30 s", "Webhooks accepted"):
+        for part in ("SLI", "error budget left", "burn rate"):
+            assert f"{slo}: {part}" in titles
+    exprs = " ".join(expr for _, expr in _dashboard_expressions())
+    from incident.metrics import HISTOGRAMS
+
+    for name in HISTOGRAMS:
+        assert f"rate({name}_bucket" in exprs, name
+    assert "histogram_quantile(0.99, max by (le" in exprs

@@ -1,4 +1,4 @@
-"""GET /metrics: the fleet's counters from Redis and gauges read at scrape time.
+"""GET /metrics: the fleet's counters and histograms from Redis, gauges read at scrape time.
 
 Every api replica reports the same fleet-wide values, so scrape one (through
 the service address) or aggregate replicas with ``max``, not ``sum``. A part
@@ -31,7 +31,9 @@ from incident.db import engine_for, session_scope
 from incident.incidents.models import Incident, IncidentStatus
 from incident.maintenance import watchdog
 from incident.maintenance.backup_files import backup_status
-from incident.metrics import counter_families, gauge, read_counters
+from incident.metrics import (
+    counter_families, gauge, histogram_families, read_counters, read_histograms,
+)
 from incident.notifications.models import EscalationTimer
 from incident.remediation.breaker import CircuitBreakers
 from incident.rules import Rules
@@ -74,6 +76,7 @@ class FleetCollector(Collector):
     def _from_redis(self) -> list[Any]:
         client = redis_for(self.settings.shared_redis_url)
         families = list(counter_families(read_counters(client)))
+        families.extend(histogram_families(read_histograms(client)))
         states = CircuitBreakers(client).states()
         families.append(gauge(
             "incident_breaker_state",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import structlog
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -100,7 +102,8 @@ def _enqueue(raw: dict, payload: WebhookPayload, queue: str) -> None:
     # headers carry the request's trace context to the ingest task.
     celery_app.send_task(
         INGEST_TASK,
-        kwargs={"payload": raw},
+        # received_at: the accept time the latency histograms count from.
+        kwargs={"payload": raw, "received_at": time.time()},
         kwargsrepr=repr(summary),
         queue=queue,
         retry=True,

@@ -9,8 +9,9 @@ API and the timers never call them, and this package never imports them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy.orm import Session
@@ -44,3 +45,24 @@ class EventBus:
 # For code run without a process context (tests of one piece, scripts): events
 # are recorded on the timeline and nobody reacts.
 NO_SUBSCRIBERS = EventBus()
+
+
+_RECEIVED_AT = "incident.events.webhook_received_at"
+
+
+@contextmanager
+def caused_by_webhook(session: Session, received_at: float | None) -> Iterator[None]:
+    """Events published within are a webhook's doing: the receiver accepted it at
+    ``received_at`` (Unix time), which subscribers may carry on (``webhook_received_at``)."""
+    session.info[_RECEIVED_AT] = received_at
+    try:
+        yield
+    finally:
+        session.info.pop(_RECEIVED_AT, None)
+
+
+def webhook_received_at(session: Session) -> datetime | None:
+    """When the receiver accepted the webhook behind the events being published;
+    None for events no webhook caused (a timer, a person)."""
+    received_at = session.info.get(_RECEIVED_AT)
+    return None if received_at is None else datetime.fromtimestamp(received_at, UTC)

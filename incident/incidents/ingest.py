@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from pydantic import ValidationError
 
 from incident.alerts.schemas import WebhookPayload
 from incident.db import session_scope
 from incident.incidents import watchdog
-from incident.incidents.events import NO_SUBSCRIBERS, EventBus
+from incident.incidents.events import NO_SUBSCRIBERS, EventBus, caused_by_webhook
 from incident.incidents.grouping import GroupChange, WebhookIdentity, apply_webhook
 from incident.incidents.repeats import RepeatCache
-from incident.metrics import count
+from incident.metrics import count, observe
 from incident.queues import INGEST, PAGE
 from incident.rules import Rules
 
@@ -38,11 +40,14 @@ def ingest_payload(
     rules: Rules,
     repeats: RepeatCache,
     events: EventBus = NO_SUBSCRIBERS,
+    received_at: float | None = None,
 ) -> GroupChange | None:
     """Apply one webhook. None when it was a repeat the cache recognised.
 
     What it changes reaches ``events``' subscribers in the same transaction;
     the messages they leave in the outbox are sent once it commits.
+    ``received_at``: when the receiver accepted it (Unix time), for the latency
+    histograms; None for a message sent without it (an older receiver, a replay).
     """
     try:
         payload = WebhookPayload.model_validate(raw)
@@ -64,8 +69,11 @@ def ingest_payload(
     if repeats.is_current(identity.group_hash, identity.digest):
         log.debug("repeated webhook, nothing to do")
         return None
-    with session_scope() as session:
+    with session_scope() as session, caused_by_webhook(session, received_at):
         change = apply_webhook(session, payload, rules, identity=identity, events=events)
+    if received_at is not None and change.incident_id is not None and not change.duplicate:
+        # Committed: a redelivery of this message finds its change made, and is not timed.
+        observe("incident_webhook_to_incident_seconds", time.time() - received_at)
     if change.opened_severity is not None:
         count("incident_incidents_opened", severity=change.opened_severity)
     repeats.remember(change.group_hash, change.revision, change.digest)

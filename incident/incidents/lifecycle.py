@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from incident.incidents.events import NO_SUBSCRIBERS, EventBus
 from incident.incidents.models import Incident, IncidentStatus, TimelineEntry, TimelineKind
+from incident.metrics import observe_after_commit
 from incident.rules import Flapping, Severity
 
 OPENINGS = (TimelineKind.OPENED, TimelineKind.REOPENED)
@@ -128,7 +129,7 @@ class Lifecycle:
     def open(self, incident: Incident, actor: Actor, *, alerts: int) -> TimelineEntry:
         """A new incident, built by the caller; it is added and flushed here."""
         incident.status = IncidentStatus.TRIGGERED
-        incident.created_at = incident.updated_at = self.now
+        incident.created_at = incident.updated_at = incident.opened_at = self.now
         self.session.add(incident)
         self.session.flush()
         return self._record(incident, TimelineKind.OPENED, actor,
@@ -136,6 +137,7 @@ class Lifecycle:
 
     def reopen(self, incident: Incident, actor: Actor, *, severity: Severity) -> TimelineEntry:
         incident.status = IncidentStatus.TRIGGERED
+        incident.opened_at = self.now
         incident.resolved_at = incident.acknowledged_at = None
         incident.resolved_by = incident.acknowledged_by = None
         incident.severity = severity
@@ -161,6 +163,8 @@ class Lifecycle:
 
     def acknowledge(self, incident: Incident, actor: Actor, *, note: str | None = None) -> TimelineEntry:
         self._require(incident, TimelineKind.ACKNOWLEDGED)
+        if not self._acknowledged_since_opening(incident):
+            self._observe_since_opening("incident_time_to_acknowledge_seconds", incident)
         incident.status = IncidentStatus.ACKNOWLEDGED
         incident.acknowledged_at = self.now
         incident.acknowledged_by = actor.detail()
@@ -176,6 +180,7 @@ class Lifecycle:
     def resolve(self, incident: Incident, actor: Actor, *, note: str | None = None,
                 **detail: Any) -> TimelineEntry:
         self._require(incident, TimelineKind.RESOLVED)
+        self._observe_since_opening("incident_time_to_resolve_seconds", incident)
         incident.status = IncidentStatus.RESOLVED
         incident.resolved_at = self.now
         incident.resolved_by = actor.detail()
@@ -243,6 +248,23 @@ class Lifecycle:
 
     # Within.
 
+    def _acknowledged_since_opening(self, incident: Incident) -> bool:
+        """Whether this episode was acknowledged before (and unacknowledged since)."""
+        return self.session.scalar(
+            select(func.count())
+            .select_from(TimelineEntry)
+            .where(
+                TimelineEntry.incident_id == incident.id,
+                TimelineEntry.kind == TimelineKind.ACKNOWLEDGED.value,
+                TimelineEntry.at >= _opened(incident),
+            )
+        ) > 0
+
+    def _observe_since_opening(self, histogram: str, incident: Incident) -> None:
+        """Time since the episode opened, by its severity now, once the change commits."""
+        seconds = (self.now - _opened(incident)).total_seconds()
+        observe_after_commit(self.session, histogram, seconds, severity=str(incident.severity))
+
     def _require(self, incident: Incident, to: TimelineKind) -> None:
         if incident.status not in _ALLOWED_FROM[to]:
             raise TransitionNotAllowed(
@@ -258,6 +280,10 @@ class Lifecycle:
         self.session.add(entry)
         self._recorded.setdefault(id(incident), (incident, []))[1].append(entry)
         return entry
+
+
+def _opened(incident: Incident) -> datetime:
+    return incident.opened_at or incident.created_at
 
 
 def _note(note: str | None) -> dict[str, str]:

@@ -116,6 +116,9 @@ class Incident(Base):
     # New fingerprints beyond grouping's cap on stored alerts (see grouping.py).
     alerts_dropped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = _timestamp()
+    # When its current episode began: its opening, or its latest reopening
+    # (null for incidents older than this column: created_at stands in).
+    opened_at: Mapped[datetime | None] = _timestamp()
     updated_at: Mapped[datetime] = _timestamp()
     acknowledged_at: Mapped[datetime | None] = _timestamp()
     resolved_at: Mapped[datetime | None] = _timestamp()

@@ -27,6 +27,7 @@ from incident.metrics import count
 from incident.integrations.base import DeliveryError, IncidentView
 from incident.integrations.email import message_id
 from incident.notifications.digest import EXTERNAL_PREFIX, MAIL_PREFIX
+from incident.notifications.latency import observe_delivered
 from incident.notifications.models import Action, Channel, DeliveryStatus, Notification
 from incident.notifications.notifiers import Notifiers
 from incident.notifications.planning import EDITS_PARENT
@@ -112,7 +113,7 @@ def deliver(
         log.error("notification failed", notification_id=claim.id, error=str(exc))
         return Outcome.FAILED
     with session_scope() as session:
-        _record_sent(session, claim.id, task_id, external_id)
+        _record_sent(session, claim.id, task_id, external_id, severity=claim.view.severity)
     count("incident_notifications", channel=claim.channel, outcome="sent")
     return Outcome.SENT
 
@@ -299,7 +300,8 @@ def mark_failed(notification_id: int, error: str) -> None:
             row.last_error = error
 
 
-def _record_sent(session: Session, notification_id: int, task_id: str, external_id: str) -> None:
+def _record_sent(session: Session, notification_id: int, task_id: str, external_id: str,
+                 *, severity: str) -> None:
     row = session.get(Notification, notification_id, with_for_update=True)
     if row is None or row.status == DeliveryStatus.SENT:
         return
@@ -307,3 +309,5 @@ def _record_sent(session: Session, notification_id: int, task_id: str, external_
     row.external_id = external_id
     row.sent_at = datetime.now(UTC)
     row.last_error = None
+    observe_delivered(session, row, severity)
+

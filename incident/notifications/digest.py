@@ -32,7 +32,9 @@ from incident import keys
 from incident.db import session_scope
 from incident.integrations.base import DeliveryError, SlackPoster
 from incident.integrations.email import DIGEST_KEY_PREFIX
+from incident.incidents.models import Incident
 from incident.metrics import count
+from incident.notifications.latency import observe_delivered
 from incident.notifications.models import DeliveryStatus, Notification
 
 DIGEST_DELAY_SECONDS = 3.0
@@ -206,12 +208,19 @@ def _mark_sent(told: dict[int, str]) -> None:
     if not told:
         return
     with session_scope() as session:
-        for row in _waiting_rows(session, told):
+        rows = _waiting_rows(session, told)
+        timed = {row.incident_id for row in rows if row.received_at is not None}
+        severity = dict(session.execute(
+            select(Incident.id, Incident.severity).where(Incident.id.in_(timed))
+        ).tuples().all()) if timed else {}
+        for row in rows:
             count("incident_notifications", channel=row.channel, outcome="sent")
             row.status = DeliveryStatus.SENT
             row.external_id = EXTERNAL_PREFIX + told[row.id]
             row.sent_at = datetime.now(UTC)
             row.last_error = None
+            if row.incident_id in severity:
+                observe_delivered(session, row, severity[row.incident_id])
 
 
 def _release(ids: list[int], task_id: str) -> None:

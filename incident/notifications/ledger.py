@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from incident.incidents import outbox
+from incident.incidents.events import webhook_received_at
 from incident.incidents.models import Incident, TimelineEntry, TimelineKind
 from incident.notifications import timers
 from incident.notifications.models import Action, Channel, Notification
@@ -71,6 +72,7 @@ class NotificationPlanner:
         paged = frozenset() if new else _triggered(session, incident.id, Channel.PAGERDUTY)
         slack_parents = frozenset() if new else _triggered(session, incident.id, Channel.SLACK)
         rule_channel = self.rules.slack_channel_for(incident.labels)
+        received_at = webhook_received_at(session)
         for entry in entries:
             state = IncidentState(
                 Severity(incident.severity), incident.flapping, paged, slack_parents
@@ -93,6 +95,7 @@ class NotificationPlanner:
                         text=item.text,
                         priority=item.priority,
                         created_at=now,
+                        received_at=received_at,
                     )
                     .on_conflict_do_nothing(
                         index_elements=["incident_id", "channel", "action", "step", "destination"]

@@ -85,6 +85,9 @@ class Notification(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the receiver accepted the webhook whose change this announces; null
+    # when no webhook caused it (a timer, a person).
+    received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # When the sweeper last handed the row to a worker again: it waits a whole
     # interval before doing so twice.
     swept_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

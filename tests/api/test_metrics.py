@@ -128,6 +128,10 @@ def test_every_metric_appears_and_moves_with_its_event(clean_state, stack, metri
     after = wait_for(opened, timeout=60, interval=0.5, what="21 incidents and 20 remediations counted")
     for worker in workers:
         assert "incident.incidents.ingest_webhook" in worker.log(), "each worker took a share"
+    # Each incident change timed from its webhook's 202, by whichever worker made it;
+    # the Watchdog's webhook changed no incident.
+    wait_for(lambda: value(scrape(api), "incident_webhook_to_incident_seconds_count") == 21,
+             timeout=10, what="21 webhook-to-incident observations from both workers")
 
     assert value(after, "incident_webhooks_total", outcome="accepted") == 22
     assert value(after, "incident_webhooks_total", outcome="invalid") == 1
@@ -185,6 +189,26 @@ def test_every_metric_appears_and_moves_with_its_event(clean_state, stack, metri
         used = set(re.findall(r"\bincident_[a-z_]+", (EXAMPLES / example).read_text()))
         used -= {"incident_internal", "incident_severity"}
         assert used and used <= exported, (example, used - exported)
+
+
+def test_latency_histograms_are_exported_from_start_up_with_every_label_set_at_zero(
+    clean_state, stack
+):
+    from incident.metrics import HISTOGRAMS
+
+    api, _ = stack
+    text = httpx.get(f"{api.url}/metrics", timeout=10).text
+    samples = scrape(api)
+    for name, spec in HISTOGRAMS.items():
+        assert f"# TYPE {name} histogram" in text
+        for values in spec.known:
+            labels = tuple(sorted(zip(spec.labels, values, strict=True)))
+            assert samples[(f"{name}_count", labels)] == 0
+            assert samples[(f"{name}_bucket", tuple(sorted((*labels, ("le", "+Inf")))))] == 0
+    assert (
+        "incident_webhook_to_notification_seconds_bucket",
+        (("channel", "pagerduty"), ("le", "30.0"), ("severity", "SEV1")),
+    ) in samples
 
 
 def test_metrics_need_the_token_when_one_is_set(metrics_env, tmp_path):

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from incident.metrics import read_histograms
 from tests.conftest import ApiProcess, WorkerProcess, running_api, running_worker, wait_for
 from tests.factories import alert, payload
 from tests.fakes.smtp import PASSWORD, FakeSMTP
@@ -150,7 +151,7 @@ def test_a_permanent_refusal_is_recorded_as_failed_with_the_reply(mail_api, fake
     assert inbox() == []
 
 
-def test_a_storm_of_low_severities_becomes_one_digest(mail_api, inbox):
+def test_a_storm_of_low_severities_becomes_one_digest(mail_api, inbox, redis_client):
     names = [f"Storm{n}" for n in range(9)]
     for name in names:
         post(mail_api, payload(alert(alertname=name, severity="warning")))
@@ -166,6 +167,15 @@ def test_a_storm_of_low_severities_becomes_one_digest(mail_api, inbox):
     body = digest.get_body(("plain",)).get_content()
     told = [name for name in names if f"{name} api:" in body]
     assert len(told) == len(digested)
+    # Each mail timed from its webhook to the server accepting it, digested or not.
+    wait_for(lambda: _mail_timed(redis_client, "SEV3") == len(names), timeout=10,
+             what="every mail timed")
+
+
+def _mail_timed(client, severity: str) -> float:
+    series = read_histograms(client)["incident_webhook_to_notification_seconds"]
+    observed = series.get(("email", severity))
+    return observed.buckets.get("+Inf", 0) if observed else 0
 
 
 def test_the_smtp_password_is_never_logged(mail_worker, mail_api, fake_smtp):

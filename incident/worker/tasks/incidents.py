@@ -55,7 +55,9 @@ def _park_after_last_retry(task, exc, task_id, args, kwargs, einfo) -> None:
     soft_time_limit=60,
     time_limit=90,
 )
-def ingest_webhook(*, payload: dict) -> int | None:
+def ingest_webhook(*, payload: dict, received_at: float | None = None) -> int | None:
+    """``received_at``: the receiver's accept time (absent from older messages)."""
     ctx = context()
-    change = ingest_payload(payload, rules=ctx.rules, repeats=ctx.repeats, events=ctx.events)
+    change = ingest_payload(payload, rules=ctx.rules, repeats=ctx.repeats, events=ctx.events,
+                            received_at=received_at)
     return change.incident_id if change else None
