@@ -93,18 +93,32 @@ def drain_rate(
 
 # The receiver queues webhooks with a SEV1/SEV2 alert on `page`, the rest on `ingest`.
 WEBHOOK_QUEUES = ("ingest", "page")
+# What a run's webhooks give the workers to do: the webhooks, then their notifications.
+WORKER_QUEUES = ("ingest", "page", "notify")
 
 
-def waiting_webhooks(r) -> int:
-    return sum(r.llen(queue) for queue in WEBHOOK_QUEUES)
+def waiting_webhooks(r, queues: tuple[str, ...] = WEBHOOK_QUEUES) -> int:
+    return sum(r.llen(queue) for queue in queues)
 
 
-def wait_idle(stack: Stack, timeout: float = 60.0) -> bool:
-    """Wait until no webhook message waits or is being worked on."""
+def wait_idle(
+    stack: Stack, timeout: float = 60.0, *, queues: tuple[str, ...] = WEBHOOK_QUEUES
+) -> bool:
+    """Wait until no message of ``queues`` waits, and none is being worked on."""
     r = stack.redis()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if waiting_webhooks(r) == 0 and r.hlen("unacked") == 0:
+        if waiting_webhooks(r, queues) == 0 and r.hlen("unacked") == 0:
             return True
         time.sleep(0.1)
     return False
+
+
+def drop_waiting(stack: Stack, queues: tuple[str, ...]) -> int:
+    """Drop the messages waiting in ``queues`` (not those a worker holds); how many."""
+    r = stack.redis()
+    pipe = r.pipeline()
+    for queue in queues:
+        pipe.llen(queue)
+    pipe.unlink(*queues)
+    return sum(pipe.execute()[: len(queues)])

@@ -6,6 +6,10 @@ api for the sustained duration while the webhook queues' length is sampled every
 A rate holds when the queue does not grow and every accepted payload ends up as
 its incident with all its alerts. The second attempt steps up after a rate that held, or down to just under the
 rate actually served (offered minus queue growth) after one that did not.
+
+Every step starts on an idle system: what the previous one left (webhooks still
+queued, the notifications they planned) is worked off first, and whatever is
+still waiting after a bounded wait is dropped, so no step inherits a backlog.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from bench.stack import WEBHOOK_TOKEN, Stack
 
 PATH = "/webhooks/alertmanager"
 ALERTS_PER_GROUP = 10
-TARGET_ALERTS_PER_S = 1000
+TARGET_ALERTS_PER_S = 2000
 FIRST_STEP = 0.85  # of the drain ceiling: the api and the generator need CPU too
+# How long a step may wait for the previous one's leftovers to be worked off.
+SETTLE_TIMEOUT_S = 120.0
 
 
 def run(stack: Stack, *, quick: bool, concurrencies=(2, 4)) -> dict:
@@ -97,6 +103,7 @@ def _next_rate(rate: float, result: dict, ceiling: float) -> float:
 
 
 def _sustain(stack, engine, target, concurrency, rate, attempt, plan) -> dict:
+    settled = _settle(stack)
     receiver = f"bench-e2e-c{concurrency}-{stack.run_id}-{attempt}"
     bodies = GroupBodies(ALERTS_PER_GROUP, receiver, prefix=group_id(receiver))
     sampler = _QueueSampler(stack)
@@ -134,8 +141,25 @@ def _sustain(stack, engine, target, concurrency, rate, attempt, plan) -> dict:
         "stored_incidents": incidents,
         "stored_alerts": alerts,
         "all_stored": complete,
+        "started_idle_after_s": settled["waited_s"],
+        "dropped_before_start": settled["dropped"],
         "held": not growing and complete and sent.non_2xx + sent.errors == 0,
     }
+
+
+def _settle(stack) -> dict:
+    """Wait until the workers have nothing queued or in hand (webhooks and the
+    notifications they planned); past ``SETTLE_TIMEOUT_S``, drop what still waits.
+    """
+    started = time.monotonic()
+    idle = backlog.wait_idle(stack, timeout=SETTLE_TIMEOUT_S, queues=backlog.WORKER_QUEUES)
+    dropped = 0
+    if not idle:
+        dropped = backlog.drop_waiting(stack, backlog.WORKER_QUEUES)
+        # What the workers still hold finishes (or goes back to the queue and is dropped).
+        if not backlog.wait_idle(stack, timeout=SETTLE_TIMEOUT_S, queues=backlog.WORKER_QUEUES):
+            dropped += backlog.drop_waiting(stack, backlog.WORKER_QUEUES)
+    return {"waited_s": time.monotonic() - started, "dropped": dropped}
 
 
 def _stored(engine, receiver: str) -> tuple[int, int]:

@@ -73,8 +73,12 @@ def apply_webhook(
         change.duplicate = True
         return change
 
+    # Written before the lifecycle flushes, so the group row takes one UPDATE.
+    group.last_digest = digest
+    group.revision += 1
     with Lifecycle(session, events=events, now=now) as life:
-        incident = _latest_incident(session, group.id)
+        # Incidents open only here, and each counts: a group that never opened has none.
+        incident = _latest_incident(session, group.id) if group.incident_count else None
         updater = _IncidentUpdater(life, rules, payload)
         if incident is None or incident.status == IncidentStatus.RESOLVED:
             incident = updater.open_or_reopen(group, incident)
@@ -87,8 +91,6 @@ def apply_webhook(
             if TimelineKind.OPENED in change.events:
                 change.opened_severity = str(incident.severity)
 
-    group.last_digest = digest
-    group.revision += 1
     change.revision = group.revision
     return change
 

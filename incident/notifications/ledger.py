@@ -46,6 +46,18 @@ def _triggered(session: Session, incident_id: int, channel: Channel) -> frozense
     )
 
 
+# Built once, executed with each row's values: the planner adds a row for every
+# destination of every event, and building the statement each time cost more than
+# sending it.
+_PLAN_ROW = (
+    insert(Notification.__table__)
+    .on_conflict_do_nothing(
+        index_elements=["incident_id", "channel", "action", "step", "destination"]
+    )
+    .returning(Notification.__table__.c.id)
+)
+
+
 class NotificationPlanner:
     """Subscriber: who is told what about each event, and the escalation timer moved on."""
 
@@ -83,25 +95,18 @@ class NotificationPlanner:
                 rule_channel, route,
             )
             for item in planned:
-                row_id = session.scalar(
-                    insert(Notification)
-                    .values(
-                        incident_id=incident.id,
-                        channel=item.channel,
-                        action=item.action,
-                        step=entry.id,
-                        target=item.target,
-                        destination=item.destination,
-                        text=item.text,
-                        priority=item.priority,
-                        created_at=now,
-                        received_at=received_at,
-                    )
-                    .on_conflict_do_nothing(
-                        index_elements=["incident_id", "channel", "action", "step", "destination"]
-                    )
-                    .returning(Notification.id)
-                )
+                row_id = session.execute(_PLAN_ROW, {
+                    "incident_id": incident.id,
+                    "channel": item.channel,
+                    "action": item.action,
+                    "step": entry.id,
+                    "target": item.target,
+                    "destination": item.destination,
+                    "text": item.text,
+                    "priority": item.priority,
+                    "created_at": now,
+                    "received_at": received_at,
+                }).scalar()
                 if row_id is not None:
                     outbox.put(session, deliver_message(row_id, priority=item.priority), now=now)
                 if item.action is Action.TRIGGER and item.channel is Channel.PAGERDUTY:

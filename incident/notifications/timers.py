@@ -47,6 +47,15 @@ def on_timeline(
         arm(session, incident, rules, now)
 
 
+# Built once: every opening arms a timer.
+_timers = EscalationTimer.__table__
+_ARM = insert(_timers)
+_ARM = _ARM.on_conflict_do_update(
+    index_elements=[_timers.c.incident_id],
+    set_={name: _ARM.excluded[name] for name in ("kind", "severity", "due_at", "fired", "active")},
+)
+
+
 def arm(session: Session, incident: Incident, rules: Rules, now: datetime) -> None:
     policy = rules.escalation_for(Severity(incident.severity))
     if policy.ack_timeout is not None:
@@ -56,12 +65,10 @@ def arm(session: Session, incident: Incident, rules: Rules, now: datetime) -> No
     else:
         _disarm(session, incident.id)
         return
-    values = {"kind": kind, "severity": incident.severity, "due_at": due, "fired": 0, "active": True}
-    session.execute(
-        insert(EscalationTimer)
-        .values(incident_id=incident.id, **values)
-        .on_conflict_do_update(index_elements=["incident_id"], set_=values)
-    )
+    session.execute(_ARM, {
+        "incident_id": incident.id, "kind": kind, "severity": incident.severity, "due_at": due,
+        "fired": 0, "active": True,
+    })
 
 
 def _disarm(session: Session, incident_id: int) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from incident.alerts.schemas import WebhookPayload
 from incident.db import engine_for, session_scope
 from incident.incidents.grouping import apply_webhook
-from incident.incidents.models import Incident, TimelineEntry, TimelineKind
+from incident.incidents.models import AlertGroup, Incident, TimelineEntry, TimelineKind
 from incident.rules import load_rules
 from tests.factories import T0, alert, payload
 
@@ -148,6 +148,33 @@ def test_a_resolution_for_a_group_never_seen_firing_opens_nothing(db_session):
     change = apply(db_session, payload(alert("resolved")))
     assert change.incident_id is None
     assert incidents(db_session) == []
+
+
+def test_a_group_heard_of_only_resolved_opens_when_it_fires(db_session):
+    apply(db_session, payload(alert("resolved", instance="a")))
+    change = apply(db_session, payload(alert(instance="a"), alert(instance="b")),
+                   at=T0 + timedelta(minutes=1))
+
+    [incident] = incidents(db_session)
+    assert change.incident_id == incident.id
+    assert kinds(db_session, incident.id) == ["opened"]
+    group = db_session.get(AlertGroup, incident.group_id)
+    assert (group.revision, group.incident_count, group.last_digest) == (2, 1, change.digest)
+
+
+def test_a_new_group_stores_every_alert_and_counts_each_webhook_once(db_session):
+    many = [alert(instance=f"10.0.0.{i}", severity="warning") for i in range(25)]
+    first = apply(db_session, payload(*many))
+    second = apply(db_session, payload(*many, alert(instance="10.0.1.1", severity="critical", env="prod")),
+                   at=T0 + timedelta(minutes=1))
+
+    [incident] = incidents(db_session)
+    assert first.incident_id == second.incident_id == incident.id
+    assert (first.revision, second.revision) == (1, 2)
+    assert len(incident.alerts) == 26
+    assert incident.severity == "SEV1"
+    group = db_session.get(AlertGroup, incident.group_id)
+    assert (group.revision, group.incident_count, group.last_digest) == (2, 1, second.digest)
 
 
 def deliver_twice_at_once(engine, body: WebhookPayload) -> list[BaseException]:
