@@ -21,6 +21,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -73,7 +74,14 @@ COUNTERS: dict[str, CounterSpec] = {
 
 
 def _field(name: str, labels: Mapping[str, str]) -> str:
-    return json.dumps([name, sorted(labels.items())], separators=(",", ":"))
+    return _field_of(name, tuple(sorted(labels.items())))
+
+
+@lru_cache(maxsize=1024)
+def _field_of(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    # A counter's label values are few (outcomes, channels, severities): each
+    # field is written out once per process, not once per event.
+    return json.dumps([name, [list(pair) for pair in labels]], separators=(",", ":"))
 
 
 def _parse(field: bytes | str) -> tuple[str, dict[str, str]]:
@@ -95,8 +103,9 @@ class FleetCounters:
     def add(self, name: str, amount: int = 1, **labels: str) -> None:
         if name not in COUNTERS:
             raise KeyError(f"unknown counter {name!r}")
+        field = _field(name, labels)
         with self._lock:
-            self._tally[_field(name, labels)] += amount
+            self._tally[field] += amount
             if self._pid != os.getpid():
                 # First use in this process (a forked pool process has no
                 # thread of its parent's): start its flusher.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 
 import orjson
@@ -71,4 +72,7 @@ def test_a_retried_ingest_message_shows_the_summary_not_the_payload(
     assert SECRET_LABEL not in json.dumps(message["headers"])
     # The body still carries the payload, for the retry to apply.
     _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-    assert kwargs == {"payload": body}
+    assert kwargs["payload"] == body
+    # And when the receiver took the webhook, for the latency it starts.
+    assert set(kwargs) == {"payload", "received_at"}
+    assert 0 <= time.time() - kwargs["received_at"] < 60

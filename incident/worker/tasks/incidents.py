@@ -55,7 +55,9 @@ def _park_after_last_retry(task, exc, task_id, args, kwargs, einfo) -> None:
     soft_time_limit=60,
     time_limit=90,
 )
-def ingest_webhook(*, payload: dict) -> int | None:
+def ingest_webhook(*, payload: dict, received_at: float | None = None) -> int | None:
+    # received_at: when the receiver took the webhook (epoch seconds); absent
+    # from messages of an older receiver.
     ctx = context()
     change = ingest_payload(payload, rules=ctx.rules, repeats=ctx.repeats, events=ctx.events)
     return change.incident_id if change else None
