@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,9 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 CLIENT_NAME = "incident-publisher"
+# The most one LPUSH carries, so that a burst of large webhooks is not one huge command.
+BATCH_MESSAGES = 64
+BATCH_BYTES = 1 << 20
 # The third part of a protocol 2 body: no callbacks, errbacks, chain or chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
@@ -57,6 +61,68 @@ def task_headers(message_headers: dict[str, Any]) -> dict[str, Any]:
     return message_headers
 
 
+class _Batch:
+    """Messages for one queue that go out in one LPUSH, and the answer they wait for."""
+
+    __slots__ = ("done", "size", "values")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.values: list[bytes] = []
+        self.size = 0
+        self.done: asyncio.Future[None] = loop.create_future()
+        # Every waiter may have gone (clients hung up): the outcome is still "retrieved".
+        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+class _Pusher:
+    """LPUSHes onto Redis lists from one event loop, over one kept-open client.
+
+    While a queue's LPUSH is on its way, the messages that arrive meanwhile
+    wait together and go out in the next one: LPUSH takes many values and
+    stores them all or none, so under load one command (one write, one reply,
+    one fsync with ``appendfsync always``) queues several webhooks, and an idle
+    receiver still sends each message at once. Kombu's consumers pop from the
+    other end, so the order of arrival is kept.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._waiting: dict[str, deque[_Batch]] = {}
+        # Each queue's sender while it runs (kept, as the loop holds tasks only weakly).
+        self._sending: dict[str, asyncio.Task[None]] = {}
+
+    async def push(self, queue: str, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        batches = self._waiting.setdefault(queue, deque())
+        if not batches or batches[-1].size + len(data) > BATCH_BYTES or (
+            len(batches[-1].values) >= BATCH_MESSAGES
+        ):
+            batches.append(_Batch(loop))
+        batch = batches[-1]
+        batch.values.append(data)
+        batch.size += len(data)
+        if queue not in self._sending:
+            self._sending[queue] = loop.create_task(self._send(queue))
+        # Shielded: a client that hangs up must not cancel its neighbours' push.
+        await asyncio.shield(batch.done)
+
+    async def _send(self, queue: str) -> None:
+        batches = self._waiting[queue]
+        try:
+            while batches:
+                batch = batches.popleft()
+                try:
+                    await self.client.lpush(queue, *batch.values)
+                except BaseException as exc:
+                    batch.done.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    batch.done.set_result(None)
+        finally:
+            del self._sending[queue]
+
+
 class TaskPublisher:
     """Builds Celery task messages and LPUSHes them onto their queue's list.
 
@@ -70,21 +136,21 @@ class TaskPublisher:
         self.socket_timeout = socket_timeout
         self._origin = anon_nodename()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: redis.asyncio.Redis | None = None
+        self._pusher: _Pusher | None = None
         self._templates: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
 
-    def client(self) -> redis.asyncio.Redis:
+    def _pusher_for_loop(self) -> _Pusher:
         loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
+        if self._pusher is None or self._loop is not loop:
             self._loop = loop
-            self._client = redis.asyncio.Redis.from_url(
+            self._pusher = _Pusher(redis.asyncio.Redis.from_url(
                 self.url, socket_connect_timeout=3, socket_timeout=self.socket_timeout,
                 # Fail over quickly: the caller answers 503 and Alertmanager retries.
                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 2),
                 # Named, so that `CLIENT LIST` tells the receiver's connections apart.
                 client_name=CLIENT_NAME,
-            )
-        return self._client
+            ))
+        return self._pusher
 
     def message(
         self, task: str, kwargs: Mapping[str, Any], *, queue: str, kwargsrepr: str
@@ -142,10 +208,10 @@ class TaskPublisher:
         Raises redis's ConnectionError or TimeoutError when it could not.
         """
         task_id, data = self.message(task, kwargs, queue=queue, kwargsrepr=kwargsrepr)
-        await self.client().lpush(queue, data)
+        await self._pusher_for_loop().push(queue, data)
         return task_id
 
     async def close(self) -> None:
-        if self._client is not None and self._loop is asyncio.get_running_loop():
-            await self._client.aclose()
-        self._client = self._loop = None
+        if self._pusher is not None and self._loop is asyncio.get_running_loop():
+            await self._pusher.client.aclose()
+        self._pusher = self._loop = None

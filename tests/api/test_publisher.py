@@ -9,6 +9,7 @@ import time
 
 import orjson
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from incident.api.app import create_app
@@ -99,6 +100,47 @@ def test_503_at_once_when_the_broker_refuses_connections(clean_state, redis_clie
         assert time.monotonic() - started < 5
     assert response.status_code == 503
     assert response.json() == {"error": "could not enqueue durably; retry later"}
+
+
+def lpush_calls(client: redis.Redis) -> int:
+    return client.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
+
+
+def test_concurrent_messages_share_lpushes_and_keep_their_order(own_broker):
+    client = redis.Redis.from_url(own_broker.url)
+
+    async def publish_together(count: int) -> list[str]:
+        sender = TaskPublisher(celery_app, own_broker.url)
+        try:
+            return await asyncio.gather(*(
+                sender.publish(INGEST_TASK, {"payload": {"n": n}}, queue="ingest", kwargsrepr="")
+                for n in range(count)
+            ))
+        finally:
+            await sender.close()
+
+    before = lpush_calls(client)
+    ids = asyncio.run(publish_together(50))
+    assert lpush_calls(client) - before < 10
+    # Kombu pops from the right: the oldest message first.
+    messages = [decoded(m) for m in reversed(client.lrange("ingest", 0, -1))]
+    assert [m["headers"]["id"] for m in messages] == ids
+    assert [m["body"][1]["payload"]["n"] for m in messages] == list(range(50))
+
+
+def test_every_message_of_a_failed_lpush_gets_the_error():
+    async def publish_together() -> list[object]:
+        sender = TaskPublisher(celery_app, f"redis://127.0.0.1:{free_port()}/0")
+        try:
+            return await asyncio.gather(*(
+                sender.publish(INGEST_TASK, {"payload": {"n": n}}, queue="ingest", kwargsrepr="")
+                for n in range(5)
+            ), return_exceptions=True)
+        finally:
+            await sender.close()
+
+    outcomes = asyncio.run(publish_together())
+    assert all(isinstance(o, redis.ConnectionError) for o in outcomes), outcomes
 
 
 # Last: the module's worker drains the queues the tests above read.
