@@ -49,6 +49,24 @@ function init(args)
   wrk.headers["Authorization"] = "Bearer " .. args[2]
 end
 """
+WRK_POST_GROUPS = r"""
+-- POST a body template with a new group id in each request: the slot (args[3]) becomes
+-- a 12-hex-digit id, args[4] * 2^32 plus a counter, as bench.payloads.GroupBodies does.
+local template, headers, slot, prefix
+local counter = 0
+function init(args)
+  local f = assert(io.open(args[1], "rb"))
+  template = f:read("*a")
+  f:close()
+  headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. args[2]}
+  slot, prefix = args[3], tonumber(args[4]) * 4294967296
+end
+function request()
+  counter = counter + 1
+  local body = template:gsub(slot, string.format("%012x", prefix + counter))
+  return wrk.format("POST", nil, headers, body)
+end
+"""
 WRK_GET = r"""
 -- GET a page with a session cookie (read from a file: never on a command line).
 function init(args)
@@ -97,8 +115,10 @@ def ensure_wrk(install: bool) -> str | None:
 
 
 def wrk_saturate(
-    wrk: str, target: Target, body: bytes, *, connections: int, seconds: float
+    wrk: str, target: Target, body: bytes, *, connections: int, seconds: float,
+    group_slot: bytes = b"", group_prefix: int = 0,
 ) -> dict:
+    """``body`` as is in every request; with ``group_slot``, a new group id in its place each time."""
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
         script = Path(tmp, "load.lua")
         data = Path(tmp, "data")
@@ -106,6 +126,12 @@ def wrk_saturate(
             script.write_text(WRK_GET + WRK_DONE)
             data.write_text(target.cookie)
             script_args = [str(data)]
+        elif group_slot:
+            if group_slot not in body or not group_slot.isalnum():
+                raise ValueError("the group slot must be alphanumeric and in the body")
+            script.write_text(WRK_POST_GROUPS + WRK_DONE)
+            data.write_bytes(body)
+            script_args = [str(data), target.token, group_slot.decode(), str(group_prefix)]
         else:
             script.write_text(WRK_POST + WRK_DONE)
             data.write_bytes(body)

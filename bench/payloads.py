@@ -104,6 +104,11 @@ class GroupBodies:
         )
         self._prefix = prefix << 32
 
+    @property
+    def template(self) -> bytes:
+        """The body with ``GROUP_SLOT`` where each group's id goes (for wrk to fill in)."""
+        return self._template
+
     def __call__(self, i: int) -> bytes:
         return self._template.replace(GROUP_SLOT, self.group(i).encode())
 

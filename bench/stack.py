@@ -78,6 +78,11 @@ class Stack:
         return self._postgres.pid if self._postgres is not None else None
 
     @property
+    def redis_pid(self) -> int | None:
+        """The embedded redis-server (None when the bench uses someone else's Redis)."""
+        return self._redis.pid if self._redis is not None else None
+
+    @property
     def embedded(self) -> dict[str, bool]:
         return {"postgres": self._postgres is not None, "redis": self._redis is not None}
 
@@ -128,6 +133,12 @@ class Stack:
         child.node_prefix = f"bench-{name}@"  # its Celery node name, as `celery inspect` shows it
         self.children.append(child)
         return child
+
+    def reference(self, app: str, workers: int) -> ApiProcess:
+        """A bench.reference app under uvicorn, ``workers`` processes, with the stack's environment."""
+        server = ReferenceProcess(self, app, workers)
+        self.children.append(server)
+        return server
 
     def purge_all_queues(self) -> None:
         """Drop every Celery queue's messages, waiting or unacknowledged (no worker running)."""
@@ -196,6 +207,8 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 class ApiProcess(Child):
+    ready_path = "/healthz"
+
     def __init__(
         self, stack: Stack, workers: int, *, env: dict[str, str] | None = None, name: str = ""
     ) -> None:
@@ -214,13 +227,31 @@ class ApiProcess(Child):
         while time.monotonic() < deadline:
             self.check_alive()
             try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                with urllib.request.urlopen(f"{self.url}{self.ready_path}", timeout=1) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"api did not answer /healthz within {timeout:.0f}s")
+        raise RuntimeError(f"api did not answer {self.ready_path} within {timeout:.0f}s")
+
+
+class ReferenceProcess(ApiProcess):
+    """uvicorn serving one of bench.reference's apps, set up as ``incident api`` runs uvicorn."""
+
+    ready_path = "/openapi.json"
+
+    def __init__(self, stack: Stack, app: str, workers: int) -> None:
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.url = f"http://{self.host}:{self.port}"
+        argv = [
+            sys.executable, "-m", "uvicorn", f"bench.reference:{app}",
+            "--app-dir", str(Path(__file__).resolve().parent.parent),
+            "--port", str(self.port), "--workers", str(workers),
+            "--log-level", "warning", "--no-access-log", "--no-server-header",
+        ]  # fmt: skip
+        Child.__init__(self, argv, stack.env(), stack.workdir / f"reference-{app}.log")
 
 
 def leftover_processes(run_id: str) -> list[str]:

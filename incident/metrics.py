@@ -28,6 +28,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -127,7 +128,14 @@ HISTOGRAMS: dict[str, HistogramSpec] = {
 
 
 def _field(name: str, labels: Mapping[str, str]) -> str:
-    return json.dumps([name, sorted(labels.items())], separators=(",", ":"))
+    return _field_of(name, tuple(sorted(labels.items())))
+
+
+@lru_cache(maxsize=1024)
+def _field_of(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    # A counter's label values are few (outcomes, channels, severities): each
+    # field is written out once per process, not once per event.
+    return json.dumps([name, [list(pair) for pair in labels]], separators=(",", ":"))
 
 
 def _parse(field: bytes | str) -> tuple[str, dict[str, str]]:
@@ -202,9 +210,10 @@ class FleetMetrics:
     def add(self, name: str, amount: int = 1, **labels: str) -> None:
         if name not in COUNTERS:
             raise KeyError(f"unknown counter {name!r}")
+        field = _field(name, labels)
         with self._lock:
             self._in_this_process()
-            self._tally[_field(name, labels)] += amount
+            self._tally[field] += amount
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:
         if name not in HISTOGRAMS:

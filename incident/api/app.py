@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -11,6 +14,7 @@ from incident import __version__
 from incident.api import (
     breakers, health, incidents, maintenance, pagerduty, silences, slack, webhooks,
 )
+from incident.api.auth import webhook_check
 from incident.api.errors import error_response, validation_fields
 from incident.config import Settings, get_settings
 from incident.console import local, oidc, pages
@@ -21,7 +25,9 @@ from incident.logging import configure_logging
 from incident.tracing import configure as configure_tracing
 from incident.tracing import instrument_app
 from incident.rules import load_rules, require_routing_keys
+from incident.worker.app import app as celery_app
 from incident.worker.app import publish
+from incident.worker.publisher import TaskPublisher, direct_url
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,8 +41,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="incident",
         version=__version__,
         description="Alertmanager webhooks in, incidents out.",
+        lifespan=_lifespan,
     )
     app.state.settings = settings
+    app.state.webhook_check = webhook_check(settings)
+    # Webhooks go straight onto a Redis broker's queue; another broker takes Celery's publish.
+    redis_url = direct_url(settings.broker_url or "")
+    app.state.publisher = TaskPublisher(celery_app, redis_url) if redis_url else None
     app.state.rules = load_rules(settings.rules_file)
     require_routing_keys(app.state.rules.routes)
     app.state.context = Context(settings, app.state.rules, publish)
@@ -53,6 +64,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
     instrument_app(app)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    if app.state.publisher is not None:
+        await app.state.publisher.close()
 
 
 def _install_console(app: FastAPI, settings: Settings) -> None:
