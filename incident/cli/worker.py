@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 import structlog
+from celery.utils.nodenames import host_format
 
 from incident.queues import PAGE, QUEUES
 
@@ -147,7 +148,7 @@ class Supervisor:
         try:
             try:
                 for name, argv in self.commands.items():
-                    self.nodes.append(_Node(name, _spawn(argv)))
+                    self.nodes.append(_Node(host_format(name), _spawn(argv)))
                     log.info("worker node started", node=name, pid=self.nodes[-1].proc.pid)
             except OSError as exc:
                 log.error("cannot start a worker node", error=str(exc))
