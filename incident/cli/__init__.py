@@ -52,11 +52,10 @@ def _worker(args: argparse.Namespace) -> int:
     if not worker.chooses_queues(extra):
         # The default: a node on every queue and one reserved for paging, supervised here.
         try:
-            commands = worker.node_commands(extra)
+            return worker.supervise(extra)
         except worker.WorkerUsageError as exc:
             print(f"incident worker: {exc}", file=sys.stderr)
             return 2
-        return worker.Supervisor(commands).run()
 
     from incident.worker import app
 

@@ -7,7 +7,8 @@
 
 The main node consumes ``page`` too, so pages use its free processes as well;
 ``worker_disable_prefetch`` keeps either node from holding a message it cannot
-start at once. With ``-Q`` (or ``-X``) the user chose the queues: one node, as
+start at once. The main node runs nicer (``MAIN_NODE_NICENESS``), so when the
+cores are short a page's process gets them first. With ``-Q`` (or ``-X``) the user chose the queues: one node, as
 asked, and no supervisor.
 
 Supervision. The nodes are children of this process, in its process group (a
@@ -40,6 +41,10 @@ from incident.queues import PAGE, QUEUES
 
 RESERVED_QUEUE = PAGE
 RESERVED_CONCURRENCY = 1
+# The main node runs this much nicer than the page node: when the cores are all
+# busy (a storm), the scheduler gives a page's process, the api and PostgreSQL the
+# CPU first, and ingestion the rest. It changes nothing while a core is idle.
+MAIN_NODE_NICENESS = 5
 # What a node gets when this command receives the signal on the left.
 FORWARDED = {
     signal.SIGTERM: signal.SIGTERM,
@@ -86,6 +91,13 @@ def node_commands(args: Sequence[str], executable: str = sys.executable) -> dict
             "--prefetch-multiplier", "1", "--hostname", page_name,
         ],
     }  # fmt: skip
+
+
+def supervise(args: Sequence[str]) -> int:
+    """Run the main node and the page node until both have ended; the exit code."""
+    commands = node_commands(args)
+    main_node = next(iter(commands))
+    return Supervisor(commands, niceness={main_node: MAIN_NODE_NICENESS}).run()
 
 
 def reserved_node_name(main: str) -> str:
@@ -137,8 +149,11 @@ class _Node:
 class Supervisor:
     """Runs the nodes until they have all ended; see the module's docstring."""
 
-    def __init__(self, commands: dict[str, list[str]]) -> None:
+    def __init__(
+        self, commands: dict[str, list[str]], niceness: dict[str, int] | None = None
+    ) -> None:
         self.commands = commands
+        self.niceness = niceness or {}
         self.nodes: list[_Node] = []
         self._stopping = False
         self._exit_code = 0
@@ -148,7 +163,7 @@ class Supervisor:
         try:
             try:
                 for name, argv in self.commands.items():
-                    self.nodes.append(_Node(host_format(name), _spawn(argv)))
+                    self.nodes.append(_Node(host_format(name), _spawn(argv, self.niceness.get(name, 0))))
                     log.info("worker node started", node=name, pid=self.nodes[-1].proc.pid)
             except OSError as exc:
                 log.error("cannot start a worker node", error=str(exc))
@@ -200,16 +215,20 @@ class Supervisor:
             self._stop_all(signal.SIGTERM)
 
 
-def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], niceness: int) -> subprocess.Popen[bytes]:
     # This process runs no threads, which is what makes preexec_fn safe.
     return subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, preexec_fn=_dies_with(os.getpid())  # noqa: PLW1509
+        argv, stdin=subprocess.DEVNULL,
+        preexec_fn=_dies_with(os.getpid(), niceness),  # noqa: PLW1509
     )
 
 
-def _dies_with(parent: int) -> Callable[[], None]:
+def _dies_with(parent: int, niceness: int) -> Callable[[], None]:
     def set_death_signal() -> None:
         from billiard.util import set_pdeathsig
+
+        if niceness:
+            os.nice(niceness)  # inherited by the node's pool processes
 
         try:
             set_pdeathsig(signal.SIGTERM)

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from incident.cli.worker import (
+    MAIN_NODE_NICENESS,
     RESERVED_CONCURRENCY,
     WorkerUsageError,
     chooses_queues,
@@ -113,6 +114,16 @@ def default_worker(incident_environment, tmp_path) -> Iterator[WorkerProcess]:
         worker.stop()
         for process in _gone(left, timeout=10):
             process.kill()
+
+
+def test_the_main_node_and_its_pool_run_nicer_than_the_page_node(default_worker):
+    main, page = default_worker.node_processes()
+    assert "--queues page" in " ".join(page.cmdline())
+    base = psutil.Process(default_worker.proc.pid).nice()
+    assert page.nice() == base
+    assert main.nice() == base + MAIN_NODE_NICENESS
+    assert {p.nice() for p in main.children()} == {base + MAIN_NODE_NICENESS}
+    assert {p.nice() for p in page.children()} == {base}
 
 
 def test_sigterm_to_the_command_stops_both_nodes_warmly_with_exit_code_0(default_worker):
