@@ -117,7 +117,8 @@ class Stack:
     def worker(
         self, concurrency: int, *, queues: str | None = None, env: dict[str, str] | None = None
     ) -> Child:
-        """``incident worker``: its default queues (all of them) unless ``queues`` names some."""
+        """``incident worker``: its default queues (all of them, and a reserved ``page``
+        node beside) unless ``queues`` names some."""
         name = uuid.uuid4().hex[:6]
         argv = [
             sys.executable, "-m", "incident", "worker",
@@ -131,6 +132,18 @@ class Stack:
             argv, {**self.env(), **(env or {})}, self.workdir / f"worker-c{concurrency}-{name}.log"
         )
         child.node_prefix = f"bench-{name}@"  # its Celery node name, as `celery inspect` shows it
+        if not queues:  # and the page node `incident worker` reserves beside it
+            child.node_prefixes = (child.node_prefix, f"bench-{name}-page@")
+        self.children.append(child)
+        return child
+
+    def default_worker(self, *, env: dict[str, str] | None = None) -> Child:
+        """``incident worker`` exactly as shipped, without a flag: its node on every
+        queue and its reserved ``page`` node (``celery@HOST`` and ``page@HOST``)."""
+        argv = [sys.executable, "-m", "incident", "worker"]
+        child = Child(argv, {**self.env(), **(env or {})}, self.workdir / "worker-default.log")
+        child.node_prefix = "celery@"
+        child.node_prefixes = ("celery@", "page@")
         self.children.append(child)
         return child
 
@@ -166,6 +179,7 @@ class Child:
     """A subprocess in its own process group, logging to a file."""
 
     node_prefix = ""
+    node_prefixes: tuple[str, ...] = ()  # every Celery node it runs, when more than one
 
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path

@@ -4,6 +4,7 @@ INCIDENT_TEST_DATABASE_URL / INCIDENT_TEST_REDIS_URL, else embedded ones."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 import redis
@@ -210,15 +212,22 @@ class WorkerProcess(ChildProcess):
     """
 
     name = "worker"
+    # A subclass that builds its own command line runs one node, named who knows how.
+    supervised = False
+    nodes: tuple[str, ...] = ()
 
     def __init__(
         self, env: dict[str, str], log_path: Path, concurrency: int = 2, queues: str | None = None
     ) -> None:
+        node = f"test-{uuid.uuid4().hex[:6]}"
+        # Without queues, as shipped: a node on every queue and its reserved page node.
+        self.supervised = not queues
+        self.nodes = (f"{node}@", f"{node}-page@") if self.supervised else (f"{node}@",)
         super().__init__(
             [
                 sys.executable, "-m", "incident", "worker",
                 "--concurrency", str(concurrency), "--pool", "prefork",
-                "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
+                "--hostname", f"{node}@%h", "--without-gossip",
                 "--without-mingle", "--loglevel", "INFO",
                 *(["--queues", queues] if queues else []),
             ],
@@ -229,9 +238,27 @@ class WorkerProcess(ChildProcess):
     def wait_ready(self, timeout: float = 60.0) -> None:
         def ready() -> bool:
             self.check_alive()
-            return "ready." in self.log()
+            log = self.log()
+            if not self.nodes:
+                return "ready." in log
+            return all(re.search(rf"(?<![\w-]){re.escape(node)}\S* ready\.", log) for node in self.nodes)
 
         wait_for(ready, timeout=timeout, what="worker ready")
+
+    def node_processes(self) -> list[psutil.Process]:
+        """The main process of each of its Celery nodes."""
+        root = psutil.Process(self.proc.pid)
+        return root.children() if self.supervised else [root]
+
+    def pool_processes(self) -> list[psutil.Process]:
+        """The prefork pool processes of its node(s), not the nodes themselves."""
+        found = []
+        for node in self.node_processes():
+            try:
+                found += node.children()
+            except psutil.NoSuchProcess:
+                continue
+        return found
 
 
 def running_worker(

@@ -211,6 +211,15 @@ def test_each_incident_service_runs_its_own_command() -> None:
     assert flower["command"][:3] == ["-A", "incident.worker", "flower"]
 
 
+def test_the_worker_runs_as_shipped_with_its_page_node_and_both_nodes_are_checked() -> None:
+    worker = service("worker")
+    # No queue flags: `incident worker` then keeps a node of its own for paging.
+    assert worker["command"] == ["worker"]
+    check = " ".join(worker["healthcheck"]["test"])
+    assert "for node in celery page;" in check and "|| exit 1" in check
+    assert '--destination \"$${node}@$${HOSTNAME}\"' in check
+
+
 def test_the_worker_can_be_scaled() -> None:
     worker = service("worker")
     # A fixed name or published port makes `--scale worker=N` fail; a fixed

@@ -39,10 +39,9 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from incident.cli import worker
     from incident.logging import configure_logging
     from incident.rules import load_rules, require_routing_keys
-    from incident.worker import app
-    from incident.worker.routes import QUEUES
 
     settings = get_settings()
     configure_logging(settings, process="worker")
@@ -50,8 +49,16 @@ def _worker(args: argparse.Namespace) -> int:
     settings.require_database_url()
     require_routing_keys(load_rules(settings.rules_file).routes)
     extra = list(args.celery_args)
-    if not any(a == "-Q" or a.startswith(("--queues", "-Q")) for a in extra):
-        extra = ["--queues", ",".join(QUEUES), *extra]
+    if not worker.chooses_queues(extra):
+        # The default: a node on every queue and one reserved for paging, supervised here.
+        try:
+            return worker.supervise(extra)
+        except worker.WorkerUsageError as exc:
+            print(f"incident worker: {exc}", file=sys.stderr)
+            return 2
+
+    from incident.worker import app
+
     app.worker_main(["worker", *extra])
     return 0
 

@@ -57,6 +57,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # Fetch only for a free pool process. Without it, each countdown retry a
+        # worker holds (Slack waiting for its token bucket) raises its prefetch
+        # by one, and a page taken that way waits behind busy processes.
+        "worker_disable_prefetch": _transport_for(broker_url) == REDIS_TRANSPORT,
         "task_default_queue": INGEST,
         "task_queues": task_queues(),
         "task_routes": TASK_ROUTES,

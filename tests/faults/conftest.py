@@ -236,7 +236,7 @@ def assert_one_incident_per_group(database_url: str, groups: int, sent: set[str]
 
 
 def pool_processes(worker: WorkerProcess) -> list[psutil.Process]:
-    return psutil.Process(worker.proc.pid).children(recursive=True)
+    return worker.pool_processes()
 
 
 def pool_processes_talking_to(worker: WorkerProcess, port: int) -> list[psutil.Process]:

@@ -89,7 +89,7 @@ def slack_posts(fake_slack, *, parents_only: bool = False) -> list:
 
 
 def pool_children(worker: WorkerProcess) -> list[psutil.Process]:
-    return psutil.Process(worker.proc.pid).children(recursive=True)
+    return worker.pool_processes()
 
 
 def pool_child_talking_to(worker: WorkerProcess, port: int, *, timeout: float = 15) -> psutil.Process:
