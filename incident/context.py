@@ -22,6 +22,7 @@ from incident.integrations.alertmanager import Alertmanager
 from incident.maintenance.internal import InternalAlerts
 from incident.maintenance.jobs import MaintenanceJobs
 from incident.notifications.digest import EMAIL_BURST, EMAIL_RATE, FLUSH_TASK, SlackDigests
+from incident.notifications.storm import UPDATE_TASK, SlackStorms
 from incident.notifications.ledger import NotificationPlanner
 from incident.notifications.notifiers import Notifiers
 from incident.notifications.planning import Channels
@@ -89,6 +90,8 @@ class Context:
             digests=SlackDigests(self.redis, self._schedule_digest_flush,
                                  mail_delay=self.settings.email_digest_seconds),
             email_bucket=TokenBucket(self.redis, rate=EMAIL_RATE, burst=EMAIL_BURST, reserve=0),
+            storms=SlackStorms(self.redis, self._schedule_storm_update,
+                               public_url=self.settings.public_url),
         )
 
     @cached_property
@@ -116,3 +119,6 @@ class Context:
 
     def _schedule_digest_flush(self, channel: str, countdown: float) -> None:
         self.publish(outbox.Message(FLUSH_TASK, {"channel": channel}, PAGE, countdown))
+
+    def _schedule_storm_update(self, channel: str, countdown: float) -> None:
+        self.publish(outbox.Message(UPDATE_TASK, {"channel": channel}, PAGE, countdown))

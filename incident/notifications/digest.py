@@ -91,6 +91,13 @@ class SlackDigests:
                            ex=int(max(120, delay + 60))):
             self._schedule_flush(channel, delay)
 
+    def later(self, channel: str, delay: float) -> None:
+        """Have a fresh flush come back in ``delay`` seconds (for a token, say)."""
+        self._redis.delete(keys.SLACK_DIGEST_SCHEDULED + channel)
+        if self._redis.set(keys.SLACK_DIGEST_SCHEDULED + channel, 1, nx=True,
+                           ex=int(max(120, delay + 60))):
+            self._schedule_flush(channel, delay)
+
     def done(self, channel: str) -> None:
         self._redis.delete(keys.SLACK_DIGEST_SCHEDULED + channel)
         if waiting(channel):
