@@ -123,7 +123,8 @@ def render_storm(view: StormView) -> tuple[str, list[Block]]:
         title = f":cyclone: Alert storm: {total} incident{'s' if total != 1 else ''} since {since}"
     else:
         until = view.ended_at.strftime("%H:%M:%S UTC")
-        title = f":white_check_mark: Alert storm over: {total} incidents, {since} to {until}"
+        title = (f":white_check_mark: Alert storm over: {total} incident{'s' if total != 1 else ''}"
+                 f", {since} to {until}")
     blocks: list[Block] = [
         {"type": "header", "text": {"type": "plain_text", "text": cut(title, HEADER_LIMIT),
                                     "emoji": True}},
