@@ -76,6 +76,18 @@ if redis.call('SCARD', KEYS[1]) < tonumber(ARGV[2]) then
 end
 return 0
 """
+# KEYS[1] the channel's storm; ARGV: its id, now. Starts it unless one is on.
+_ENTER = """
+if redis.call('HEXISTS', KEYS[1], 'id') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'started', ARGV[2], 'last_join', ARGV[2])
+return 1
+"""
+# KEYS[1] the channel's storm; ARGV[1] now. Only a storm still on is touched.
+_JOINED = """
+if redis.call('HEXISTS', KEYS[1], 'id') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'last_join', ARGV[1])
+return 1
+"""
 # KEYS[1] the lock; ARGV[1] its holder: released only by its holder.
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -126,6 +138,8 @@ class SlackStorms:
         self._public_url = public_url
         self._keep = client.register_script(_KEEP)
         self._unlock = client.register_script(_UNLOCK)
+        self._enter = client.register_script(_ENTER)
+        self._joined = client.register_script(_JOINED)
 
     # ------------------------------------------------------------------ state
 
@@ -143,18 +157,16 @@ class SlackStorms:
         )
 
     def active(self, channel: str) -> bool:
-        return bool(self._redis.exists(keys.SLACK_STORM + channel))
+        return bool(self._redis.hexists(keys.SLACK_STORM + channel, "id"))
 
     def channels(self) -> list[str]:
         return sorted(c.decode() for c in self._redis.smembers(keys.SLACK_STORMS))
 
     def enter(self, channel: str) -> bool:
         """Start the channel's storm, unless one is on (True when this call started it)."""
-        now = time.time()
-        key = keys.SLACK_STORM + channel
-        if not self._redis.hsetnx(key, "id", uuid.uuid4().hex[:12]):
+        if not self._enter(keys=[keys.SLACK_STORM + channel],
+                           args=[uuid.uuid4().hex[:12], repr(time.time())]):
             return False
-        self._redis.hset(key, mapping={"started": repr(now), "last_join": repr(now)})
         self._redis.sadd(keys.SLACK_STORMS, channel)
         log.warning("slack channel enters storm mode", channel=channel)
         self.schedule(channel, 0)
@@ -167,7 +179,7 @@ class SlackStorms:
 
     def joined(self, channel: str) -> None:
         """A row joined the storm (committed): note it, and have the next edit show it."""
-        self._redis.hset(keys.SLACK_STORM + channel, "last_join", repr(time.time()))
+        self._joined(keys=[keys.SLACK_STORM + channel], args=[repr(time.time())])
         self.schedule(channel, EDIT_EVERY)
 
     def schedule(self, channel: str, delay: float) -> None:
@@ -252,6 +264,13 @@ class SlackStorms:
                 ts = storm.ts
                 slack.update_message(channel, ts, text, blocks)
         except (DeliveryError, RetryStorm) as exc:
+            if isinstance(exc, DeliveryError) and not exc.retryable:
+                # The channel or the message is gone, the token refused: no retry helps.
+                # Its rows fail, saying why, and the channel leaves storm mode.
+                log.error("storm message failed", channel=channel, error=str(exc))
+                _fail(rows, str(exc))
+                self._forget(channel)
+                return len(rows)
             _release(rows, task_id)
             if isinstance(exc, RetryStorm):
                 raise
@@ -288,7 +307,9 @@ class SlackStorms:
             self._post_once(channel, storm, slack, bucket, text, blocks, field="summary",
                             marker="summarising", stamp=storm.stamp + ":summary")
         except DeliveryError as exc:
-            raise RetryStorm(exc.retry_after or 2.0, str(exc)) from exc
+            if exc.retryable:
+                raise RetryStorm(exc.retry_after or 2.0, str(exc)) from exc
+            log.error("storm summary failed", channel=channel, error=str(exc))
         self._forget(channel)
         log.warning("slack channel leaves storm mode", channel=channel,
                     incidents=len(view.incidents), still_open=view.open)
@@ -394,6 +415,14 @@ def _release(ids: list[int], task_id: str) -> None:
             if row.claimed_by == task_id:
                 row.claimed_by = None
                 row.claimed_at = None
+
+
+def _fail(ids: list[int], error: str) -> None:
+    with session_scope() as session:
+        for row in _locked(session, ids):
+            count("incident_notifications", channel=row.channel, outcome="failed")
+            row.status = DeliveryStatus.FAILED
+            row.last_error = error
 
 
 def _back_to_channel(channel: str) -> int:

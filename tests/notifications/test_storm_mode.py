@@ -175,6 +175,8 @@ def test_a_quiet_storm_ends_with_one_summary_and_strands_nothing(
     assert modes.update(channel, notifier, bucket, task_id="t2") == 1  # shows the late row
     assert modes.update(channel, notifier, bucket, task_id="t3") == 0  # quiet: ends
     assert not modes.active(channel) and modes.channels() == []
+    modes.joined(channel)  # a worker that saw the storm on, a moment late
+    assert not modes.active(channel), "a storm that ended is never brought back half-made"
     storm_message, summary = slack.parents(channel)
     assert "Alert storm over: 1 incident," in storm_message.text, "edited to say it is over"
     assert summary.text.startswith(":white_check_mark: Alert storm over: 1 incident in about")
@@ -183,3 +185,18 @@ def test_a_quiet_storm_ends_with_one_summary_and_strands_nothing(
     assert len(slack.calls("chat.postMessage")) == 2, "the storm message and its summary"
     with session_scope() as session:
         assert {session.get(Notification, i).status for i in (row_id, late_id)} == {"sent"}
+
+
+def test_a_channel_slack_refuses_fails_its_rows_and_leaves_storm_mode(
+    redis_client, slack, stormed_row
+):
+    channel, row_id, _ = stormed_row
+    modes = storms(redis_client, [])
+    modes.enter(channel)
+    slack.fail_next(error="channel_not_found")
+    notifier = SlackNotifier(DEFAULT_TOKEN, api_url=slack.url)
+    assert modes.update(channel, notifier, TokenBucket(redis_client), task_id="t1") == 1
+    assert not modes.active(channel)
+    with session_scope() as session:
+        row = session.get(Notification, row_id)
+        assert row.status == DeliveryStatus.FAILED and "channel_not_found" in row.last_error
