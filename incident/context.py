@@ -63,7 +63,7 @@ class Context:
         back is skipped by the rest), then notifications, then remediations."""
         return EventBus(
             MaintenanceGate(),
-            NotificationPlanner(self.rules, self.channels),
+            NotificationPlanner(self.rules, self.channels, storms=self.storms.diverts),
             RemediationScheduler(self.rules, self.settings.public_url),
         )
 
@@ -90,9 +90,14 @@ class Context:
             digests=SlackDigests(self.redis, self._schedule_digest_flush,
                                  mail_delay=self.settings.email_digest_seconds),
             email_bucket=TokenBucket(self.redis, rate=EMAIL_RATE, burst=EMAIL_BURST, reserve=0),
-            storms=SlackStorms(self.redis, self._schedule_storm_update,
-                               public_url=self.settings.public_url),
+            storms=self.storms,
         )
+
+    @cached_property
+    def storms(self) -> SlackStorms:
+        """Slack storm mode per channel, shared through Redis by every process."""
+        return SlackStorms(self.redis, self._schedule_storm_update,
+                           public_url=self.settings.public_url)
 
     @cached_property
     def breakers(self) -> CircuitBreakers:

@@ -7,7 +7,8 @@ allows in about 10 s) wait for that channel, the channel enters storm mode:
 - the first ``KEPT_PARENTS`` SEV1/SEV2 incidents of the storm keep a parent
   message of their own, through the bucket as usual;
 - every other row joins the storm: it becomes ``digested`` with target
-  ``storm:`` + the channel, and waits for the next edit of the channel's one
+  ``storm:`` + the channel (the planner writes new rows so, with no delivery
+  task of their own; a row already queued joins when its delivery runs), and waits for the next edit of the channel's one
   storm message (posted once, then edited in place with ``chat.update`` at
   most every ``EDIT_EVERY`` seconds). That edit lists its incident, and the
   row is then ``sent`` with external id ``storm:`` + the message's ts. No
@@ -63,7 +64,9 @@ QUIET = 10.0
 # Rows claimed at once: the listed incidents' rows, read from at most this many.
 CLAIM_SCAN = 2000
 STALE_CLAIM = timedelta(minutes=2)
-LOCK_SECONDS = 60
+# An edit is one Slack call (10 s timeout) and two short transactions: a lock
+# left by a worker killed mid-edit holds the next edit back no longer than this.
+LOCK_SECONDS = 20
 UPDATE_TASK = "incident.notifications.update_slack_storm"
 
 # KEYS[1] the storm's kept parents; ARGV: incident id, how many may be kept.
@@ -177,6 +180,19 @@ class SlackStorms:
         return bool(self._keep(keys=[keys.SLACK_STORM_PARENTS + channel],
                                args=[incident_id, KEPT_PARENTS]))
 
+    def diverts(self, channel: str, incident_id: int, action: str, priority: bool) -> str | None:
+        """For the planner: the storm target a new Slack row takes, when the channel is
+        in storm mode and the row is not a kept SEV1/SEV2 parent; else None. The
+        storm's edits, every ``EDIT_EVERY`` seconds while it lasts, pick it up."""
+        try:
+            if not self.active(channel):
+                return None
+            if action == "trigger" and priority and self.keep_parent(channel, incident_id):
+                return None
+        except redis.RedisError:
+            return None  # the row is delivered on its own, which needs no storm state
+        return PREFIX + channel
+
     def joined(self, channel: str) -> None:
         """A row joined the storm (committed): note it, and have the next edit show it."""
         self._joined(keys=[keys.SLACK_STORM + channel], args=[repr(time.time())])
@@ -245,6 +261,8 @@ class SlackStorms:
         claimed = _claim(channel, task_id, now)
         incident_ids = sorted({incident for _, incident in claimed})
         if incident_ids:
+            # Rows the planner put straight into the storm count as joining it.
+            self._joined(keys=[keys.SLACK_STORM + channel], args=[repr(time.time())])
             self._redis.sadd(keys.SLACK_STORM_INCIDENTS + channel, *incident_ids)
             self._redis.expire(keys.SLACK_STORM_INCIDENTS + channel, 86400)
         if not claimed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import json
 import re
 import shutil
 import signal
@@ -316,6 +317,25 @@ def slack_openings(fake_slack: FakeSlack, titles: dict[str, int]) -> tuple[Count
         else:
             digest_lines.update(titles[t] for t in DIGESTED_OPENING.findall(message.text or ""))
     return parents, digest_lines
+
+
+STORM_LISTING = re.compile(r"/incidents/(\d+)\|#\d+>")
+
+
+def storm_listings(fake_slack: FakeSlack) -> Counter[int]:
+    """The incidents each storm message listed, in any of its versions: once per message."""
+    listed: Counter[int] = Counter()
+    for message in fake_slack.messages:
+        stamp = str(((message.metadata or {}).get("event_payload") or {}).get("stamp", ""))
+        if message.thread_ts is not None or not stamp.startswith("storm:") \
+                or stamp.endswith(":summary"):
+            continue
+        versions = [json.dumps(message.blocks)] + [
+            json.dumps(call.body.get("blocks")) for call in fake_slack.calls("chat.update")
+            if call.body.get("ts") == message.ts
+        ]
+        listed.update({int(i) for text in versions for i in STORM_LISTING.findall(text)})
+    return listed
 
 
 # --- a notifying pipeline: fake Slack and PagerDuty, two workers, an api ----------

@@ -132,8 +132,8 @@ def update_slack_storm(self, *, channel: str) -> int:
         log.info("storm message waits", channel=channel, countdown=round(exc.countdown, 1),
                  reason=str(exc))
         told, again = 0, exc.countdown
-    if told >= 0:  # else another worker is editing it, and schedules the next edit
-        storms.done(channel, **({"again_in": again} if again is not None else {}))
+    # Also when another worker holds the lock: the lock may be a killed worker's.
+    storms.done(channel, **({"again_in": again} if again is not None else {}))
     return told
 
 
