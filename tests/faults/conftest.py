@@ -322,9 +322,9 @@ def slack_openings(fake_slack: FakeSlack, titles: dict[str, int]) -> tuple[Count
 STORM_LISTING = re.compile(r"/incidents/(\d+)\|#\d+>")
 
 
-def storm_listings(fake_slack: FakeSlack) -> Counter[int]:
-    """The incidents each storm message listed, in any of its versions: once per message."""
-    listed: Counter[int] = Counter()
+def storm_listings(fake_slack: FakeSlack) -> dict[str, set[int]]:
+    """For each storm message (by ts): the incidents it listed, in any of its versions."""
+    listed: dict[str, set[int]] = {}
     for message in fake_slack.messages:
         stamp = str(((message.metadata or {}).get("event_payload") or {}).get("stamp", ""))
         if message.thread_ts is not None or not stamp.startswith("storm:") \
@@ -334,8 +334,22 @@ def storm_listings(fake_slack: FakeSlack) -> Counter[int]:
             json.dumps(call.body.get("blocks")) for call in fake_slack.calls("chat.update")
             if call.body.get("ts") == message.ts
         ]
-        listed.update({int(i) for text in versions for i in STORM_LISTING.findall(text)})
+        listed[message.ts] = {int(i) for text in versions for i in STORM_LISTING.findall(text)}
     return listed
+
+
+def storm_openings(fake_slack: FakeSlack, rows: list[dict[str, Any]]) -> Counter[int]:
+    """Incidents whose opening a storm message told: the Slack opening's row names that
+    message (``storm:<ts>``), and the message lists the incident."""
+    listings = storm_listings(fake_slack)
+    told: Counter[int] = Counter()
+    for row in rows:
+        external = row["external_id"] or ""
+        if row["channel"] == "slack" and row["action"] == "trigger" \
+                and external.startswith("storm:") \
+                and row["incident_id"] in listings.get(external.removeprefix("storm:"), set()):
+            told[row["incident_id"]] += 1
+    return told
 
 
 # --- a notifying pipeline: fake Slack and PagerDuty, two workers, an api ----------

@@ -41,7 +41,7 @@ from tests.faults.conftest import (
     pool_processes_talking_to,
     slack_openings,
     stopped,
-    storm_listings,
+    storm_openings,
 )
 from tests.fakes.pagerduty import DEFAULT_ROUTING_KEY, FakePagerDuty
 from tests.fakes.slack import DEFAULT_TOKEN, FakeSlack
@@ -214,7 +214,7 @@ def test_workers_sigkilled_mid_stream_lose_nothing_and_tell_nobody_twice(
         # the channel's rate limit; a page has its own parent or is in the storm
         # message, never in a digest.
         parents, in_digests = slack_openings(fake_slack, {i.title: i.id for i in found})
-        stormed = storm_listings(fake_slack)
+        stormed = storm_openings(fake_slack, rows)
         assert {i: n for i, n in parents.items() if n > 1} == {}, "two parent messages"
         told = {i: parents[i] + in_digests[i] + stormed[i] for i in by_id}
         assert {i: n for i, n in told.items() if n != 1} == {}, "an opening told twice"
