@@ -326,6 +326,7 @@ def _storm_rows(storm: dict) -> list[tuple[str, str, str, str]]:
             f"posts 1/s (+{slack['limit_burst']}), update {slack['limit_updates_per_min']}/min",
             _verdict(checks["slack_within_limits"]),
         ),
+        _told_row(name, slack.get("told"), checks),
         (
             f"{name}: drain after the offer",
             f"ingest drained {ingest_text}; {settled}",
@@ -340,6 +341,8 @@ def _storm_rows(storm: dict) -> list[tuple[str, str, str, str]]:
             "",
         ),
     ]
+    if storm.get("burst"):
+        rows.extend(_burst_rows(storm["burst"]))
     rows.extend(_rss_rows(name, storm["rss"]))
     logs = [storm["logs"]["api"], *storm["logs"]["workers"]]
     errors = sum(log.get("errors", 0) for log in logs)
@@ -463,6 +466,53 @@ def _console_rows(console: dict) -> list[tuple[str, str, str, str]]:
         f"{counts['timeline_entries']:,} timeline entries)", "", "",
     ))
     return rows
+
+
+def _told_row(name: str, told: dict | None, checks: dict) -> tuple[str, str, str, str]:
+    """Told, as the fake Slack received it: a parent, a digest line or a storm message."""
+    if not told:
+        return (f"{name}: Slack told every incident", "not measured", "", "")
+    after = told["all_told_after_end_s"]
+    last = told["last_slack_call_after_end_s"]
+    figure = (
+        f"{told['told']:,}/{told['incidents']:,} told"
+        + (f", the last {after:+.1f} s after the storm's end" if after is not None else "")
+        + (f"; last Slack call {last:+.1f} s" if last is not None else "")
+    )
+    target = (f"all within {told['within_s']:.0f} s; nothing left at "
+              f"{told['quiet_within_s']:.0f} s")
+    ok = checks.get("slack_told_within_30s", False) and checks.get("slack_quiet_within_60s", False)
+    return (f"{name}: Slack told every incident", figure, target, _verdict(ok))
+
+
+def _burst_rows(burst: dict) -> list[tuple[str, str, str, str]]:
+    name = f"burst {burst['groups']} new SEV1 groups/{burst['seconds']}s"
+    checks = burst["checks"]
+    p50, worst = burst["mention_p50_s"], burst["mention_max_s"]
+    return [
+        (
+            f"{name}: mentioned in Slack after its webhook",
+            f"{burst['mentioned']}/{burst['groups']} mentioned"
+            + (f", p50 {p50:.1f} s, max {worst:.1f} s" if worst is not None else "")
+            + f" ({burst['parents']} parents, {burst['storm_messages']} storm message, "
+            f"{burst['chat_update']} chat.update)",
+            f"all within {burst['within_s']:.0f} s",
+            _verdict(checks["all_mentioned_within_60s"]),
+        ),
+        (
+            f"{name}: PagerDuty",
+            f"{burst['pagerduty_triggers']} triggers for {burst['incidents']} incidents",
+            "1 per incident",
+            _verdict(checks["one_page_each"]),
+        ),
+        (
+            f"{name}: Slack peak rates",
+            f"posts max {burst['posts_max_10s']}/10 s, {burst['posts_max_60s']}/60 s; "
+            f"chat.update max {burst['updates_max_60s']}/60 s",
+            "posts 1/s (+3), update 50/min",
+            _verdict(checks["slack_within_limits"]),
+        ),
+    ]
 
 
 def _verdict(ok: bool) -> str:

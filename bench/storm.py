@@ -97,6 +97,16 @@ SLACK_UPDATES_PER_MIN = 50
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 INGEST_TASK = b"incident.incidents.ingest_webhook"
 _GROUP_IN_SUMMARY = re.compile(r"svc-([0-9a-f]{12})")
+# An incident listed in a storm message: its console link, labelled "#id".
+_LISTED = re.compile(r"/incidents/(\d+)\|#\d+>")
+# Targets: every incident told (a parent, a digest line or a storm message) within
+# 30 s of the storm's end, and no Slack call left 60 s after it.
+TOLD_WITHIN_S = 30.0
+QUIET_WITHIN_S = 60.0
+# The burst: new SEV1 groups, one alert each, each mentioned within 60 s of its webhook.
+BURST = {"groups": 200, "seconds": 12, "drain_wait_s": 120}
+QUICK_BURST = {"groups": 40, "seconds": 3, "drain_wait_s": 60}
+MENTION_WITHIN_S = 60.0
 
 
 # ---------------------------------------------------------------------------- the offer
@@ -332,6 +342,8 @@ def run(stack: Stack, *, quick: bool) -> dict:
             slack_calls = slack.requests[slack_mark:]
             pd_requests = pagerduty.requests[pd_mark:]
             pd_events = pagerduty.events[pd_events_mark:]
+            burst = _burst(stack, engine, target, slack, pagerduty, channel, workers,
+                           f"{receiver}-burst", quick=quick)
         finally:
             if rss.is_alive():
                 rss.stop()
@@ -356,14 +368,23 @@ def run(stack: Stack, *, quick: bool) -> dict:
             pd_requests,
             pd_events,
             size,
+            offer_end,
         ),
+        "burst": burst,
         "rss": rss_summary,
         "logs": logs,
     }
 
 
-_SLACK_KEYS = (keys.SLACK_DIGEST_SCHEDULED, keys.SLACK_BUCKET)
-_DIGEST_BACKLOG = text("SELECT count(*) FROM notifications WHERE status = 'digested' AND target = :c")
+_SLACK_KEYS = (
+    keys.SLACK_DIGEST_SCHEDULED, keys.SLACK_BUCKET, keys.SLACK_STORM, keys.SLACK_STORM_INCIDENTS,
+    keys.SLACK_STORM_PARENTS, keys.SLACK_STORM_SCHEDULED, keys.SLACK_STORM_LOCK,
+)
+# Rows waiting for the channel's digest or its storm message.
+_DIGEST_BACKLOG = text(
+    "SELECT count(*) FROM notifications WHERE status = 'digested' "
+    "AND (target = :c OR target = 'storm:' || :c)"
+)
 
 
 def _digest_backlog(engine, channel: str) -> int:
@@ -662,7 +683,8 @@ def _expected(groups: list[Group], hooks: list[Webhook], posts: list[_Post]) -> 
 
 
 def _summary(
-    groups, hooks, posts, start, stored, drain, queues, slack_calls, pd_requests, pd_events, size
+    groups, hooks, posts, start, stored, drain, queues, slack_calls, pd_requests, pd_events, size,
+    offer_end,
 ):
     expected = _expected(groups, hooks, posts)
     by_gid = {g.gid: g for g in groups}
@@ -797,6 +819,10 @@ def _summary(
                 kinds["replies"] += 1
             elif str(call.body.get("text", "")).startswith("Incident digest"):
                 kinds["digests"] += 1
+            elif _stamp(call.body).endswith(":summary"):
+                kinds["storm_summaries"] += 1
+            elif _stamp(call.body):
+                kinds["storm_messages"] += 1
             else:
                 kinds["parents"] += 1
         elif call.method == "chat.update":
@@ -811,6 +837,8 @@ def _summary(
         "post_parents": kinds["parents"],
         "post_replies": kinds["replies"],
         "post_digests": kinds["digests"],
+        "post_storm_messages": kinds["storm_messages"],
+        "post_storm_summaries": kinds["storm_summaries"],
         "chat_update": len(updates_at),
         "posts_max_1s": _max_in_window(posts_at, 1.0),
         "posts_max_10s": _max_in_window(posts_at, 10.0),
@@ -830,6 +858,22 @@ def _summary(
         and slack["posts_max_60s"] <= 60 * SLACK_POSTS_PER_S + SLACK_BURST
     )
     slack["updates_within_limit"] = slack["updates_max_60s"] <= SLACK_UPDATES_PER_MIN
+    # Told, as Slack shows it: the first parent, digest line or storm message naming each.
+    told_at = _told_at(slack_calls, {row.service.removeprefix("svc-"): row.id
+                                      for row in incidents if row.service})
+    ids = [row.id for row in incidents]
+    untold = [i for i in ids if i not in told_at]
+    calls_at = [c.at for c in slack_calls if c.method in ("chat.postMessage", "chat.update")]
+    told = {
+        "incidents": len(ids),
+        "told": len(ids) - len(untold),
+        "all_told_after_end_s": _round(max(told_at[i] for i in ids) - offer_end)
+        if ids and not untold else None,
+        "last_slack_call_after_end_s": _round(max(calls_at) - offer_end) if calls_at else None,
+        "within_s": TOLD_WITHIN_S,
+        "quiet_within_s": QUIET_WITHIN_S,
+    }
+    slack["told"] = told
     checks = {
         "all_accepted": accepted == len(posts),
         # Until then, unstored alerts and wrong states may only be waiting in the queue.
@@ -843,6 +887,10 @@ def _summary(
         "no_duplicate_pages": pd["duplicate_pages"] == 0,
         "slack_within_limits": slack["posts_within_limit"] and slack["updates_within_limit"],
         "settled": drain["settled_s"] is not None,
+        "slack_told_within_30s": told["all_told_after_end_s"] is not None
+        and told["all_told_after_end_s"] <= TOLD_WITHIN_S,
+        "slack_quiet_within_60s": drain["settled_s"] is not None
+        and (told["last_slack_call_after_end_s"] or 0) <= QUIET_WITHIN_S,
     }
     return {
         "offer": offer,
@@ -899,3 +947,111 @@ def _log_problems(child) -> dict:
         "errors": levels["error"] + levels["critical"] + levels["exception"],
         "top": [f"{n}x {lv}: {ev}" for (lv, ev), n in events.most_common(5)],
     }
+
+
+def _json(value):
+    """A Slack argument as the fake received it: JSON calls carry objects, form calls JSON text."""
+    if isinstance(value, str):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+    return value
+
+
+def _stamp(body: dict) -> str:
+    """The storm stamp a storm message (or its summary) carries; '' for other messages."""
+    metadata = _json(body.get("metadata")) or {}
+    stamp = str((metadata.get("event_payload") or {}).get("stamp", ""))
+    return stamp if stamp.startswith("storm:") else ""
+
+
+def _told_at(slack_calls, incident_of_group: dict[str, int]) -> dict[int, float]:
+    """When Slack first showed each incident: its parent, a digest line, a storm message."""
+    told: dict[int, float] = {}
+    for call in slack_calls:
+        if call.method not in ("chat.postMessage", "chat.update"):
+            continue
+        body = call.body
+        shown: set[int] = set()
+        if call.method == "chat.postMessage" and not body.get("thread_ts"):
+            payload = (_json(body.get("metadata")) or {}).get("event_payload") or {}
+            if payload.get("incident_id") is not None:
+                shown.add(int(payload["incident_id"]))
+            if str(body.get("text", "")).startswith("Incident digest"):
+                shown.update(incident_of_group[g] for g in _GROUP_IN_SUMMARY.findall(
+                    orjson.dumps(_json(body.get("blocks"))).decode()) if g in incident_of_group)
+        blocks = _json(body.get("blocks"))
+        if blocks:
+            shown.update(int(i) for i in _LISTED.findall(orjson.dumps(blocks).decode()))
+        for incident_id in shown:
+            told.setdefault(incident_id, call.at)
+    return told
+
+
+def _burst(stack, engine, target, slack, pagerduty, channel, workers, receiver: str, *,
+           quick: bool) -> dict:
+    """New SEV1 groups, one alert each, at a steady rate: each must be mentioned in Slack
+    within a minute of its webhook, and paged once."""
+    size = QUICK_BURST if quick else BURST
+    bodies = GroupBodies(1, receiver, prefix=group_id(receiver), severities=("critical",))
+    requests = [request_bytes(target, bodies(i)) for i in range(size["groups"])]
+    time.sleep(SLACK_BURST / SLACK_POSTS_PER_S + 0.5)  # a full bucket
+    slack_mark, pd_mark = len(slack.requests), len(pagerduty.events)
+    posts, start = run_loop(_offer(target, requests, size["seconds"]))
+    end = start + size["seconds"]
+    drain = _await_settled(stack, engine, receiver, channel, workers, end, size)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, key, group_labels->>'service' AS service FROM incidents "
+                 "WHERE receiver = :r"), {"r": receiver},
+        ).all()
+    incident_of_group = {row.service.removeprefix("svc-"): row.id for row in rows if row.service}
+    calls = slack.requests[slack_mark:]
+    told_at = _told_at(calls, incident_of_group)
+    latencies, unmentioned = [], 0
+    for i, post in enumerate(posts):
+        incident_id = incident_of_group.get(bodies.group(i))
+        if post.done is None or incident_id is None or incident_id not in told_at:
+            unmentioned += 1
+            continue
+        latencies.append(told_at[incident_id] - post.done)
+    latencies.sort()
+    keys_ = {row.key for row in rows}
+    triggers = Counter(e.get("dedup_key") for e in pagerduty.events[pd_mark:]
+                       if e.get("event_action") == "trigger" and e.get("dedup_key") in keys_)
+    posts_at = [c.at for c in calls if c.method == "chat.postMessage"]
+    updates_at = [c.at for c in calls if c.method == "chat.update"]
+    figures = {
+        "groups": size["groups"],
+        "seconds": size["seconds"],
+        "accepted": sum(p.status == 202 for p in posts),
+        "incidents": len(rows),
+        "mentioned": len(latencies),
+        "unmentioned": unmentioned,
+        "mention_p50_s": _round(percentile(latencies, 50)) if latencies else None,
+        "mention_max_s": _round(latencies[-1]) if latencies else None,
+        "within_s": MENTION_WITHIN_S,
+        "parents": sum(1 for c in calls if c.method == "chat.postMessage"
+                       and not c.body.get("thread_ts") and not _stamp(c.body)),
+        "storm_messages": sum(1 for c in calls if c.method == "chat.postMessage"
+                              and _stamp(c.body) and not _stamp(c.body).endswith(":summary")),
+        "chat_update": len(updates_at),
+        "posts_max_10s": _max_in_window(posts_at, 10.0),
+        "posts_max_60s": _max_in_window(posts_at, 60.0),
+        "updates_max_60s": _max_in_window(updates_at, 60.0),
+        "pagerduty_triggers": sum(triggers.values()),
+        "paged_incidents": len(triggers),
+        "drain": drain,
+    }
+    checks = {
+        "all_accepted": figures["accepted"] == size["groups"],
+        "all_mentioned_within_60s": unmentioned == 0 and figures["incidents"] == size["groups"]
+        and latencies[-1] <= MENTION_WITHIN_S,
+        "one_page_each": len(triggers) == len(rows) == size["groups"]
+        and all(n == 1 for n in triggers.values()),
+        "slack_within_limits": figures["posts_max_10s"] <= 10 * SLACK_POSTS_PER_S + SLACK_BURST
+        and figures["posts_max_60s"] <= 60 * SLACK_POSTS_PER_S + SLACK_BURST
+        and figures["updates_max_60s"] <= SLACK_UPDATES_PER_MIN,
+    }
+    return {**figures, "checks": checks, "target_met": all(checks.values())}

@@ -22,6 +22,7 @@ from incident.integrations.alertmanager import Alertmanager
 from incident.maintenance.internal import InternalAlerts
 from incident.maintenance.jobs import MaintenanceJobs
 from incident.notifications.digest import EMAIL_BURST, EMAIL_RATE, FLUSH_TASK, SlackDigests
+from incident.notifications.storm import UPDATE_TASK, SlackStorms
 from incident.notifications.ledger import NotificationPlanner
 from incident.notifications.notifiers import Notifiers
 from incident.notifications.planning import Channels
@@ -62,7 +63,7 @@ class Context:
         back is skipped by the rest), then notifications, then remediations."""
         return EventBus(
             MaintenanceGate(),
-            NotificationPlanner(self.rules, self.channels),
+            NotificationPlanner(self.rules, self.channels, storms=self.storms.diverts),
             RemediationScheduler(self.rules, self.settings.public_url),
         )
 
@@ -89,7 +90,14 @@ class Context:
             digests=SlackDigests(self.redis, self._schedule_digest_flush,
                                  mail_delay=self.settings.email_digest_seconds),
             email_bucket=TokenBucket(self.redis, rate=EMAIL_RATE, burst=EMAIL_BURST, reserve=0),
+            storms=self.storms,
         )
+
+    @cached_property
+    def storms(self) -> SlackStorms:
+        """Slack storm mode per channel, shared through Redis by every process."""
+        return SlackStorms(self.redis, self._schedule_storm_update,
+                           public_url=self.settings.public_url)
 
     @cached_property
     def breakers(self) -> CircuitBreakers:
@@ -116,3 +124,6 @@ class Context:
 
     def _schedule_digest_flush(self, channel: str, countdown: float) -> None:
         self.publish(outbox.Message(FLUSH_TASK, {"channel": channel}, PAGE, countdown))
+
+    def _schedule_storm_update(self, channel: str, countdown: float) -> None:
+        self.publish(outbox.Message(UPDATE_TASK, {"channel": channel}, PAGE, countdown))

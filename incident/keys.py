@@ -26,6 +26,16 @@ BREAKER_REGISTRY = "incident:breakers"
 # Slack: a token bucket per channel, and the flag that one digest flush is on its way.
 SLACK_BUCKET = "incident:slack-bucket:"
 SLACK_DIGEST_SCHEDULED = "incident:slack-digest-scheduled:"
+# Storm mode (notifications/storm.py), per channel: its state (a hash), the
+# incidents it lists, the SEV1/SEV2 incidents that kept a parent, the flag that
+# its next edit is on its way, and the lock its edits run under; and the set of
+# channels in a storm.
+SLACK_STORM = "incident:slack-storm:"
+SLACK_STORM_INCIDENTS = "incident:slack-storm-incidents:"
+SLACK_STORM_PARENTS = "incident:slack-storm-parents:"
+SLACK_STORM_SCHEDULED = "incident:slack-storm-scheduled:"
+SLACK_STORM_LOCK = "incident:slack-storm-lock:"
+SLACK_STORMS = "incident:slack-storms"
 
 # The Watchdog: when it last arrived, and when its check first ran.
 WATCHDOG_LAST_SEEN = "incident:watchdog:last-seen"

@@ -114,6 +114,24 @@ class SlackNotifier:
         metadata = notification_metadata(ledger_id, covers=[list(each) for each in covers])
         return self._post(channel, text=text, blocks=blocks, metadata=metadata)
 
+    def post_message(
+        self, channel: str, text: str, blocks: list[dict[str, Any]], *, ledger_id: int,
+        stamp: str = "",
+    ) -> str:
+        """Post a top-level message already rendered (a storm message, its summary)."""
+        metadata = notification_metadata(ledger_id, stamp=stamp)
+        return self._post(channel, text=text, blocks=blocks, metadata=metadata)
+
+    def update_message(
+        self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]]
+    ) -> None:
+        """Edit a message in place; Slack keeps its metadata."""
+        channel_id = self._channel_id(channel)
+        self._call(
+            "chat.update",
+            lambda: self._client.chat_update(channel=channel_id, ts=ts, text=text, blocks=blocks),
+        )
+
     def find_digested(
         self, channel: str, *, rows: Sequence[tuple[int, str]], oldest: float | None = None
     ) -> dict[int, str]:

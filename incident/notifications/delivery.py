@@ -31,6 +31,7 @@ from incident.notifications.latency import observe_delivered
 from incident.notifications.models import Action, Channel, DeliveryStatus, Notification
 from incident.notifications.notifiers import Notifiers
 from incident.notifications.planning import EDITS_PARENT
+from incident.notifications import storm
 from incident.notifications.views import incident_view
 
 log = structlog.get_logger(__name__)
@@ -86,12 +87,21 @@ def deliver(
 ) -> Outcome:
     now = now or datetime.now(UTC)
     with session_scope() as session:
-        claim = _claim(session, notification_id, task_id, now, notifiers.public_url)
+        claim = _claim(session, notification_id, task_id, now, notifiers)
+    if isinstance(claim, _Joined):
+        notifiers.require_storms().joined(claim.channel)
+        count("incident_notifications", channel=Channel.SLACK, outcome="coalesced")
+        return Outcome.COALESCED
     if claim is None:
         return Outcome.SKIPPED
     log.debug("delivering", notification_id=claim.id, channel=claim.channel, action=claim.action)
     try:
         external_id = _send(claim, notifiers)
+    except _Stormed as stormed:
+        if _join_storm(claim.id, task_id, stormed.channel):
+            notifiers.require_storms().joined(stormed.channel)
+        count("incident_notifications", channel=claim.channel, outcome="coalesced")
+        return Outcome.COALESCED
     except _Coalesced as coalesced:
         notifiers.digests.add(coalesced.channel, claim.id, task_id=task_id)
         count("incident_notifications", channel=claim.channel, outcome="coalesced")
@@ -124,15 +134,36 @@ class _Coalesced(Exception):
         self.channel = channel
 
 
+class _Stormed(_Coalesced):
+    """The channel is in storm mode: the row joins its storm message."""
+
+
+@dataclass(frozen=True)
+class _Joined:
+    channel: str
+
+
 def _claim(
-    session: Session, notification_id: int, task_id: str, now: datetime, public_url: str
-) -> Claim | None:
+    session: Session, notification_id: int, task_id: str, now: datetime, notifiers: Notifiers
+) -> Claim | _Joined | None:
     row = session.get(Notification, notification_id, with_for_update=True)
     if row is None or row.status in (DeliveryStatus.SENT, DeliveryStatus.FAILED):
         return None
+    if row.status == DeliveryStatus.DIGESTED:
+        return None  # a digest or a storm message owns it
     recovering = row.status == DeliveryStatus.SENDING
     if recovering and row.claimed_by != task_id and row.claimed_at > now - STALE_CLAIM:
         return None  # another worker has it right now
+    if row.channel == Channel.SLACK and not recovering and notifiers.storms is not None:
+        channel = row.target or notifiers.default_slack_channel
+        storms = notifiers.storms
+        if storms.active(channel) and not (
+            row.action == Action.TRIGGER and row.priority
+            and storms.keep_parent(channel, row.incident_id)
+        ):
+            storm.join(session, row, channel)
+            return _Joined(channel)
+    public_url = notifiers.public_url
     parent_ts = None
     if row.channel == Channel.SLACK and row.action != Action.TRIGGER:
         parent = _slack_parent(session, row.incident_id, row.destination)
@@ -235,7 +266,11 @@ def _send_slack(claim: Claim, notifiers: Notifiers) -> str:
     slack = notifiers.require_slack()
     channel = claim.target or notifiers.default_slack_channel
     parent_ts = claim.parent_ts or ""
-    if claim.action is not Action.TRIGGER and not parent_ts.startswith(DIGEST_PREFIX) and (
+    text = claim.text or ""
+    if parent_ts.startswith(storm.PREFIX):
+        # Its parent is a storm message: the reply names its incident.
+        text = f"{claim.view.title}: {text}"
+    if claim.action is not Action.TRIGGER and not parent_ts.startswith(_SHARED) and (
         claim.kind in EDITS_PARENT or claim.action in (Action.ACKNOWLEDGE, Action.RESOLVE)
     ):
         # An edit is not a post: Slack limits chat.update apart from the
@@ -253,6 +288,16 @@ def _send_slack(claim: Claim, notifiers: Notifiers) -> str:
             log.info("already posted before a crash; not posting again", notification_id=claim.id)
             return found
     wait = notifiers.slack_bucket.take(channel, priority=claim.priority)
+    storms = notifiers.storms
+    if wait > 0 and storms is not None and (
+        storms.active(channel) or storms.backlog_exceeded(channel)
+    ):
+        storms.enter(channel)
+        kept = claim.action is Action.TRIGGER and claim.priority and storms.keep_parent(
+            channel, claim.view.id
+        )
+        if not kept:
+            raise _Stormed(channel)
     if wait > 0:
         if claim.priority:
             # Pages never join a digest, and the bucket keeps a token back for
@@ -262,14 +307,30 @@ def _send_slack(claim: Claim, notifiers: Notifiers) -> str:
     if claim.action is Action.TRIGGER:
         return slack.post_parent(channel, claim.view, ledger_id=claim.id, stamp=claim.stamp)
     return slack.reply(
-        channel, _thread_of(parent_ts), claim.text or "", ledger_id=claim.id, stamp=claim.stamp
+        channel, _thread_of(parent_ts), text, ledger_id=claim.id, stamp=claim.stamp
     )
+
+
+# External ids of messages that stand for many rows: a digest, a storm message.
+_SHARED = (DIGEST_PREFIX, storm.PREFIX)
 
 
 def _thread_of(parent_ts: str | None) -> str | None:
     if parent_ts is None:
         return None
-    return parent_ts.removeprefix(DIGEST_PREFIX)
+    for prefix in _SHARED:
+        parent_ts = parent_ts.removeprefix(prefix)
+    return parent_ts
+
+
+def _join_storm(notification_id: int, task_id: str, channel: str) -> bool:
+    """Hand a row this task has claimed to the channel's storm message."""
+    with session_scope() as session:
+        row = session.get(Notification, notification_id, with_for_update=True)
+        if row is None or row.status != DeliveryStatus.SENDING or row.claimed_by != task_id:
+            return False
+        storm.join(session, row, channel)
+        return True
 
 
 def _release(notification_id: int, task_id: str, *, error: str | None) -> None:

@@ -32,9 +32,8 @@ from incident import keys
 from incident.db import session_scope
 from incident.integrations.base import DeliveryError, SlackPoster
 from incident.integrations.email import DIGEST_KEY_PREFIX
-from incident.incidents.models import Incident
 from incident.metrics import count
-from incident.notifications.latency import observe_delivered
+from incident.notifications.latency import observe_rows_delivered
 from incident.notifications.models import DeliveryStatus, Notification
 
 DIGEST_DELAY_SECONDS = 3.0
@@ -89,6 +88,13 @@ class SlackDigests:
     def schedule(self, channel: str) -> None:
         # One pending flush per channel, however many rows join the digest.
         delay = self._mail_delay if is_mail(channel) else DIGEST_DELAY_SECONDS
+        if self._redis.set(keys.SLACK_DIGEST_SCHEDULED + channel, 1, nx=True,
+                           ex=int(max(120, delay + 60))):
+            self._schedule_flush(channel, delay)
+
+    def later(self, channel: str, delay: float) -> None:
+        """Have a fresh flush come back in ``delay`` seconds (for a token, say)."""
+        self._redis.delete(keys.SLACK_DIGEST_SCHEDULED + channel)
         if self._redis.set(keys.SLACK_DIGEST_SCHEDULED + channel, 1, nx=True,
                            ex=int(max(120, delay + 60))):
             self._schedule_flush(channel, delay)
@@ -209,18 +215,13 @@ def _mark_sent(told: dict[int, str]) -> None:
         return
     with session_scope() as session:
         rows = _waiting_rows(session, told)
-        timed = {row.incident_id for row in rows if row.received_at is not None}
-        severity = dict(session.execute(
-            select(Incident.id, Incident.severity).where(Incident.id.in_(timed))
-        ).tuples().all()) if timed else {}
         for row in rows:
             count("incident_notifications", channel=row.channel, outcome="sent")
             row.status = DeliveryStatus.SENT
             row.external_id = EXTERNAL_PREFIX + told[row.id]
             row.sent_at = datetime.now(UTC)
             row.last_error = None
-            if row.incident_id in severity:
-                observe_delivered(session, row, severity[row.incident_id])
+        observe_rows_delivered(session, rows)
 
 
 def _release(ids: list[int], task_id: str) -> None:

@@ -11,8 +11,12 @@ observed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from incident.incidents.models import Incident
 from incident.metrics import observe_after_commit
 from incident.notifications.models import Channel, Notification
 
@@ -26,3 +30,16 @@ def observe_delivered(session: Session, row: Notification, severity: str) -> Non
         return
     observe_after_commit(session, HISTOGRAM, (row.sent_at - row.received_at).total_seconds(),
                          channel=str(row.channel), severity=str(severity))
+
+
+def observe_rows_delivered(session: Session, rows: Sequence[Notification]) -> None:
+    """Rows told together (a digest, a storm message), just marked sent in ``session``."""
+    timed = {row.incident_id for row in rows if row.received_at is not None}
+    if not timed:
+        return
+    severity = dict(session.execute(
+        select(Incident.id, Incident.severity).where(Incident.id.in_(timed))
+    ).tuples().all())
+    for row in rows:
+        if row.incident_id in severity:
+            observe_delivered(session, row, severity[row.incident_id])

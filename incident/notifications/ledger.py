@@ -7,7 +7,7 @@ without its notifications, nor a row that nobody will deliver.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import select
@@ -18,12 +18,15 @@ from incident.incidents import outbox
 from incident.incidents.events import webhook_received_at
 from incident.incidents.models import Incident, TimelineEntry, TimelineKind
 from incident.notifications import timers
-from incident.notifications.models import Action, Channel, Notification
+from incident.notifications.models import Action, Channel, DeliveryStatus, Notification
 from incident.notifications.planning import Channels, IncidentState, plan
 from incident.queues import NOTIFY, PAGE
 from incident.rules import Destinations, Rules, Severity
 
 DELIVER_TASK = "incident.notifications.deliver"
+# Whether a Slack row (channel, incident id, action, priority) joins its channel's
+# storm message: the storm target when it does, else None (notifications/storm.py).
+StormCheck = Callable[[str, int, Action, bool], "str | None"]
 
 
 def deliver_message(notification_id: int, *, priority: bool) -> outbox.Message:
@@ -61,9 +64,11 @@ _PLAN_ROW = (
 class NotificationPlanner:
     """Subscriber: who is told what about each event, and the escalation timer moved on."""
 
-    def __init__(self, rules: Rules, channels: Channels) -> None:
+    def __init__(self, rules: Rules, channels: Channels, *,
+                 storms: StormCheck | None = None) -> None:
         self.rules = rules
         self.channels = channels
+        self.storms = storms
 
     def __call__(
         self, session: Session, incident: Incident, entries: Sequence[TimelineEntry],
@@ -95,19 +100,27 @@ class NotificationPlanner:
                 rule_channel, route,
             )
             for item in planned:
+                # A channel in storm mode: the row waits for the storm message's
+                # next edit instead of a delivery of its own.
+                stormed = (
+                    self.storms(item.target or "", incident.id, item.action, item.priority)
+                    if self.storms is not None and item.channel is Channel.SLACK and item.target
+                    else None
+                )
                 row_id = session.execute(_PLAN_ROW, {
                     "incident_id": incident.id,
                     "channel": item.channel,
                     "action": item.action,
                     "step": entry.id,
-                    "target": item.target,
+                    "target": stormed or item.target,
                     "destination": item.destination,
                     "text": item.text,
                     "priority": item.priority,
+                    "status": DeliveryStatus.DIGESTED if stormed else DeliveryStatus.PENDING,
                     "created_at": now,
                     "received_at": received_at,
                 }).scalar()
-                if row_id is not None:
+                if row_id is not None and not stormed:
                     outbox.put(session, deliver_message(row_id, priority=item.priority), now=now)
                 if item.action is Action.TRIGGER and item.channel is Channel.PAGERDUTY:
                     paged |= {item.destination}

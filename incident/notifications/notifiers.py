@@ -14,6 +14,7 @@ from incident.integrations.base import Pager, PermanentDeliveryError, SlackPoste
 from incident.integrations.email import EmailNotifier
 from incident.notifications.digest import SlackDigests
 from incident.notifications.ratelimit import TokenBucket
+from incident.notifications.storm import SlackStorms
 
 
 class NotConfigured(RuntimeError):
@@ -35,12 +36,14 @@ class Notifiers:
     # A routed service's notifier, from its routing key.
     pager_for_key: Callable[[str], Pager] | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    # Storm mode per Slack channel; None: never (every row waits for its own token).
+    storms: SlackStorms | None = None
     _routed: dict[str, Pager] = field(default_factory=dict)
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, bucket: TokenBucket, digests: SlackDigests,
-        email_bucket: TokenBucket | None = None,
+        email_bucket: TokenBucket | None = None, storms: SlackStorms | None = None,
     ) -> Notifiers:
         return cls(
             mailer=build_mailer(settings),
@@ -52,6 +55,7 @@ class Notifiers:
             public_url=settings.public_url,
             slack_bucket=bucket,
             digests=digests,
+            storms=storms,
             pager_for_key=lambda key: build_pager_for_key(settings, key),
         )
 
@@ -59,6 +63,11 @@ class Notifiers:
         if self.slack is None:
             raise NotConfigured("Slack is not configured (INCIDENT_SLACK_BOT_TOKEN, INCIDENT_SLACK_CHANNEL)")
         return self.slack
+
+    def require_storms(self) -> SlackStorms:
+        if self.storms is None:
+            raise NotConfigured("Slack storm mode needs Redis")
+        return self.storms
 
     def require_pager(self) -> Pager:
         if self.pager is None:

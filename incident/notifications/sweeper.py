@@ -6,7 +6,8 @@ under a claim older than ``SWEEP_AFTER``), or, as a last resort, when a
 ``pending`` row has waited ``LOST_AFTER`` (its message lost with the broker's
 data). Each time it stamps the row, so a row waiting in a backed-up queue is
 never sent twice a sweep. Digested rows belong to their channel's digest
-flush; the sweeper only makes sure one is scheduled.
+flush, and storm rows to their channel's storm message; the sweeper only
+makes sure an edit or a flush is scheduled.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from incident.incidents.lifecycle import Lifecycle
 from incident.notifications import timers
 from incident.notifications.digest import SlackDigests, waiting_channels
 from incident.notifications.ledger import deliver_message
+from incident.notifications.storm import PREFIX as STORM_PREFIX
+from incident.notifications.storm import SlackStorms
 from incident.notifications.models import DeliveryStatus, Notification
 from incident.rules import Rules
 
@@ -37,7 +40,7 @@ def fire_escalations(rules: Rules, events: EventBus, *, now: datetime | None = N
 
 
 def sweep_undelivered(digests: SlackDigests, *, now: datetime | None = None,
-                      batch: int = BATCH) -> int:
+                      batch: int = BATCH, storms: SlackStorms | None = None) -> int:
     """Hand rows whose worker died (or whose message was lost) to a worker again, once."""
     now = now or datetime.now(UTC)
     dead_claim = now - SWEEP_AFTER
@@ -65,6 +68,13 @@ def sweep_undelivered(digests: SlackDigests, *, now: datetime | None = None,
         for row in rows:
             row.swept_at = now
             outbox.put(session, deliver_message(row.id, priority=row.priority), now=now)
+    storm_channels = set(storms.channels()) if storms is not None else set()
     for channel in waiting_channels(dead_claim):
-        digests.schedule(channel)
+        if channel.startswith(STORM_PREFIX):
+            storm_channels.add(channel.removeprefix(STORM_PREFIX))
+        else:
+            digests.schedule(channel)
+    for channel in sorted(storm_channels):
+        if storms is not None:
+            storms.schedule(channel, 0)
     return len(rows)

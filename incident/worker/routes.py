@@ -15,6 +15,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     # A few small tasks (one per channel every few seconds) that release many
     # coalesced rows: behind a storm's backlog in `notify` they would starve.
     "incident.notifications.flush_slack_digest": {"queue": PAGE},
+    "incident.notifications.update_slack_storm": {"queue": PAGE},
     "incident.notifications.fire_escalations": {"queue": PAGE},
     # Releasing incidents from ended maintenance windows pages: not behind a backup either.
     "incident.windows.release_ended": {"queue": PAGE},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import json
 import re
 import shutil
 import signal
@@ -316,6 +317,39 @@ def slack_openings(fake_slack: FakeSlack, titles: dict[str, int]) -> tuple[Count
         else:
             digest_lines.update(titles[t] for t in DIGESTED_OPENING.findall(message.text or ""))
     return parents, digest_lines
+
+
+STORM_LISTING = re.compile(r"/incidents/(\d+)\|#\d+>")
+
+
+def storm_listings(fake_slack: FakeSlack) -> dict[str, set[int]]:
+    """For each storm message (by ts): the incidents it listed, in any of its versions."""
+    listed: dict[str, set[int]] = {}
+    for message in fake_slack.messages:
+        stamp = str(((message.metadata or {}).get("event_payload") or {}).get("stamp", ""))
+        if message.thread_ts is not None or not stamp.startswith("storm:") \
+                or stamp.endswith(":summary"):
+            continue
+        versions = [json.dumps(message.blocks)] + [
+            json.dumps(call.body.get("blocks")) for call in fake_slack.calls("chat.update")
+            if call.body.get("ts") == message.ts
+        ]
+        listed[message.ts] = {int(i) for text in versions for i in STORM_LISTING.findall(text)}
+    return listed
+
+
+def storm_openings(fake_slack: FakeSlack, rows: list[dict[str, Any]]) -> Counter[int]:
+    """Incidents whose opening a storm message told: the Slack opening's row names that
+    message (``storm:<ts>``), and the message lists the incident."""
+    listings = storm_listings(fake_slack)
+    told: Counter[int] = Counter()
+    for row in rows:
+        external = row["external_id"] or ""
+        if row["channel"] == "slack" and row["action"] == "trigger" \
+                and external.startswith("storm:") \
+                and row["incident_id"] in listings.get(external.removeprefix("storm:"), set()):
+            told[row["incident_id"]] += 1
+    return told
 
 
 # --- a notifying pipeline: fake Slack and PagerDuty, two workers, an api ----------

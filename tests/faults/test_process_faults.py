@@ -41,6 +41,7 @@ from tests.faults.conftest import (
     pool_processes_talking_to,
     slack_openings,
     stopped,
+    storm_openings,
 )
 from tests.fakes.pagerduty import DEFAULT_ROUTING_KEY, FakePagerDuty
 from tests.fakes.slack import DEFAULT_TOKEN, FakeSlack
@@ -208,15 +209,19 @@ def test_workers_sigkilled_mid_stream_lose_nothing_and_tell_nobody_twice(
         rows = ledger(own_postgres.url)
         by_id = {i.id: i for i in found}
 
-        # Slack: every opening told exactly once, as a parent message or a digest
-        # line; a page always has its own parent; the others may have been folded
-        # into a digest when the stream outran the channel's rate limit.
+        # Slack: every opening told exactly once, as a parent message, a digest
+        # line or a line of the channel's storm message, when the stream outran
+        # the channel's rate limit; a page has its own parent or is in the storm
+        # message, never in a digest.
         parents, in_digests = slack_openings(fake_slack, {i.title: i.id for i in found})
+        stormed = storm_openings(fake_slack, rows)
         assert {i: n for i, n in parents.items() if n > 1} == {}, "two parent messages"
-        told = {i: parents[i] + in_digests[i] for i in by_id}
+        told = {i: parents[i] + in_digests[i] + stormed[i] for i in by_id}
         assert {i: n for i, n in told.items() if n != 1} == {}, "an opening told twice"
-        assert {i.id for i in found if i.severity in PAGING} <= set(parents)
-        assert set(parents) | set(in_digests) == set(by_id), "an incident Slack never heard of"
+        assert {i.id for i in found if i.severity in PAGING} <= set(parents) | set(stormed)
+        assert set(parents) | set(in_digests) | set(stormed) == set(by_id), (
+            "an incident Slack never heard of"
+        )
         assert not {i for i in in_digests if by_id[i].severity in PAGING}
 
         # PagerDuty: triggers only, each under the key of an incident that pages,

@@ -14,6 +14,7 @@ from incident.notifications.digest import FLUSH_TASK, RetryFlush, is_mail
 from incident.notifications.ledger import DELIVER_TASK
 from incident.notifications.notifiers import NotConfigured
 from incident.notifications.pagerduty_events import APPLY_TASK, apply_event
+from incident.notifications.storm import UPDATE_TASK, RetryStorm
 from incident.worker.app import app
 from incident.worker.tasks import context
 
@@ -93,16 +94,46 @@ def flush_slack_digest(self, *, channel: str) -> int:
     if is_mail(channel):
         poster = notifiers.require_mailer()
     else:
+        storms = notifiers.storms
+        if storms is not None and storms.active(channel):
+            # The storm message tells what the digest would have.
+            moved = storms.absorb_digest(channel)
+            notifiers.digests.done(channel)
+            return moved
         wait = notifiers.slack_bucket.take(channel)
         if wait > 0:
-            raise self.retry(countdown=within_visibility(self, wait))
+            # Waiting for a token is no failure: a fresh flush comes back for it,
+            # so no run of retries can leave the digest's rows behind.
+            notifiers.digests.later(channel, wait)
+            return 0
         poster = notifiers.require_slack()
     try:
         told = notifiers.digests.flush(channel, poster, task_id=self.request.id)
     except RetryFlush as exc:
+        if self.request.retries >= self.max_retries:
+            notifiers.digests.later(channel, backoff(self.request.retries))
+            return 0
         countdown = exc.countdown or backoff(self.request.retries)
         raise self.retry(countdown=within_visibility(self, countdown)) from exc
     notifiers.digests.done(channel)
+    return told
+
+
+@app.task(name=UPDATE_TASK, bind=True, soft_time_limit=60, time_limit=90)
+def update_slack_storm(self, *, channel: str) -> int:
+    """Post or edit a Slack channel's storm message, or end its storm."""
+    notifiers = context().notifiers
+    storms = notifiers.require_storms()
+    again = None
+    try:
+        told = storms.update(channel, notifiers.require_slack(), notifiers.slack_bucket,
+                             task_id=self.request.id)
+    except RetryStorm as exc:
+        log.info("storm message waits", channel=channel, countdown=round(exc.countdown, 1),
+                 reason=str(exc))
+        told, again = 0, exc.countdown
+    # Also when another worker holds the lock: the lock may be a killed worker's.
+    storms.done(channel, **({"again_in": again} if again is not None else {}))
     return told
 
 
@@ -121,7 +152,9 @@ def sweep_undelivered() -> int | None:
     """Rows whose worker died, or whose message the broker lost."""
     ctx = context()
     return run_once(ctx.redis, "sweep-undelivered",
-                    lambda: sweeper.sweep_undelivered(ctx.notifiers.digests), timeout=60)
+                    lambda: sweeper.sweep_undelivered(ctx.notifiers.digests,
+                                                     storms=ctx.notifiers.storms),
+                   timeout=60)
 
 
 @app.task(name=APPLY_TASK, autoretry_for=(OperationalError,), max_retries=10,
