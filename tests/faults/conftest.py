@@ -298,6 +298,11 @@ class PoolKiller:
         for victim in victims:
             victim.send_signal(signal.SIGKILL)
         self.killed.setdefault(worker, []).extend(v.pid for v in victims)
+        # Its node notices asynchronously: wait for it to say so, or a whole-worker
+        # kill right after would leave no trace of this one.
+        for victim in victims:
+            wait_for(lambda pid=victim.pid: f"pid:{pid} exited with 'signal 9 (SIGKILL)'" in worker.log(),
+                     timeout=20, what=f"the worker noticing pool process {victim.pid} killed")
 
 
 DIGESTED_OPENING = re.compile(r"^\[SEV\d\] (.+): Opened as ", re.MULTILINE)
