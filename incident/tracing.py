@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
@@ -84,6 +85,14 @@ def configure(*, process: str) -> bool:
         resource = Resource.create({"service.version": __version__, "incident.process": process})
         if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
             resource = resource.merge(Resource({SERVICE_NAME: "incident"}))
+        for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+            protocol = os.environ.get(name, "").strip()
+            if protocol and protocol != "http/protobuf":
+                structlog.get_logger(__name__).warning(
+                    "only OTLP over HTTP (http/protobuf) is supported; sending that",
+                    setting=name, value=protocol,
+                )
+                break
         provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(provider)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import httpx
 import httpx2
@@ -98,3 +100,17 @@ def test_without_an_endpoint_nothing_is_installed_and_a_webhook_is_still_queued(
     (message,) = [json.loads(raw) for raw in redis_client.lrange("page", 0, -1)]
     assert message["headers"]["task"] == "incident.incidents.ingest_webhook"
     assert "traceparent" not in message["headers"]
+
+
+def test_an_otlp_protocol_other_than_http_is_named_in_a_warning(tmp_path):
+    # A process of its own: configuring tracing sets the process's provider for good.
+    env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from incident import tracing; print(tracing.configure(process='cli'))"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "only OTLP over HTTP" in done.stdout + done.stderr
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in done.stdout + done.stderr
+    assert done.stdout.strip().endswith("True")
