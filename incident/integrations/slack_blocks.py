@@ -182,24 +182,12 @@ def render_digest(lines: list[str]) -> tuple[str, list[Block]]:
     lines = [line for line in lines if line.strip()]  # Slack rejects an empty section
     title = f"Incident digest: {len(lines)} item{'s' if len(lines) != 1 else ''}"
     max_sections = MAX_BLOCKS - 2  # room for the header and the "…and N more" line
-    sections: list[str] = []
-    chunk = ""
-    placed = 0
-    for line in lines:
-        escaped = escaped_within(line, SECTION_LIMIT)
-        candidate = f"{chunk}\n{escaped}" if chunk else escaped
-        if len(candidate) > SECTION_LIMIT:
-            if len(sections) + 1 >= max_sections:
-                break
-            sections.append(chunk)
-            candidate = escaped
-        chunk = candidate
-        placed += 1
-    if chunk:
-        sections.append(chunk)
+    sections, placed = packed_sections(
+        [escaped_within(line, SECTION_LIMIT) for line in lines], max_sections
+    )
 
     blocks: list[Block] = [{"type": "header", "text": {"type": "plain_text", "text": title}}]
-    blocks.extend(_section(text) for text in sections)
+    blocks.extend(sections)
     if placed < len(lines):
         more = f"…and {len(lines) - placed} more"
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": more}]})
@@ -243,6 +231,26 @@ def _controls(incident: IncidentView) -> Block:
         ],
     })
     return {"type": "actions", "block_id": ACTIONS_BLOCK, "elements": elements}
+
+
+def packed_sections(lines: list[str], room: int) -> tuple[list[Block], int]:
+    """Mrkdwn lines (already escaped) packed into at most ``room`` sections, each
+    within Slack's limit; returns them and how many lines fit."""
+    sections: list[str] = []
+    chunk = ""
+    placed = 0
+    for line in lines:
+        candidate = f"{chunk}\n{line}" if chunk else line
+        if len(candidate) > SECTION_LIMIT:
+            if len(sections) + 1 >= room:
+                break
+            sections.append(chunk)
+            candidate = line
+        chunk = candidate
+        placed += 1
+    if chunk:
+        sections.append(chunk)
+    return [_section(text) for text in sections], placed
 
 
 def _section(text: str) -> Block:

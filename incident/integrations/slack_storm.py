@@ -16,13 +16,13 @@ from datetime import datetime
 from incident.integrations.slack_blocks import (
     HEADER_LIMIT,
     MAX_BLOCKS,
-    SECTION_LIMIT,
     TEXT_LIMIT,
     Block,
     cut,
     escape_mrkdwn,
     escaped_within,
     mrkdwn_link,
+    packed_sections,
 )
 
 # Incidents listed one per line; the rest are counted ("and N more").
@@ -96,25 +96,6 @@ def _line(each: StormIncident) -> str:
     return f"{link} {each.severity} · {title} · {STATE_WORDS.get(each.status, each.status)}"
 
 
-def _sections(lines: list[str], room: int) -> tuple[list[Block], int]:
-    """Lines packed into at most ``room`` sections; returns them and how many lines fit."""
-    sections: list[str] = []
-    chunk = ""
-    placed = 0
-    for line in lines:
-        candidate = f"{chunk}\n{line}" if chunk else line
-        if len(candidate) > SECTION_LIMIT:
-            if len(sections) + 1 >= room:
-                break
-            sections.append(chunk)
-            candidate = line
-        chunk = candidate
-        placed += 1
-    if chunk:
-        sections.append(chunk)
-    return [{"type": "section", "text": {"type": "mrkdwn", "text": s}} for s in sections], placed
-
-
 def render_storm(view: StormView) -> tuple[str, list[Block]]:
     """The storm message: its fallback ``text`` and blocks."""
     total = len(view.incidents)
@@ -132,7 +113,7 @@ def render_storm(view: StormView) -> tuple[str, list[Block]]:
     ]
     listed = view.listed()
     room = MAX_BLOCKS - len(blocks) - 2
-    sections, placed = _sections([_line(each) for each in listed], room)
+    sections, placed = packed_sections([_line(each) for each in listed], room)
     blocks.extend(sections)
     more = total - placed
     console = mrkdwn_link(view.console_url, "see the console") or "see the console"
